@@ -1,0 +1,3 @@
+"""metarl agents: policies and meta-learners (torch)."""
+
+from __future__ import annotations
