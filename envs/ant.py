@@ -128,13 +128,16 @@ class AntGoal(MujocoFamily):
     def _draw(self, rng: np.random.Generator, n: int, which: str) -> list[Task]:
         radius = 3.0 * np.sqrt(rng.random(n))
         angle = rng.uniform(0.0, 2 * math.pi, n)
-        return [GoalTask((float(r * math.cos(a)), float(r * math.sin(a)))) for r, a in zip(radius, angle)]
+        return [GoalTask((float(r * math.cos(a)), float(r * math.sin(a)))) for r, a in zip(radius, angle, strict=True)]
 
     def validate(self, task: Task) -> Task:
         self._check_type(task)
         goal = _vector("goal", task.goal)  # type: ignore[attr-defined]
         if np.abs(goal).max() > self.GOAL_BOUND:
-            raise ValueError(f"task parameter goal={tuple(goal)} is outside the allowed range [-{self.GOAL_BOUND}, {self.GOAL_BOUND}]^2")
+            raise ValueError(
+                f"task parameter goal={tuple(goal)} is outside the allowed range "
+                f"[-{self.GOAL_BOUND}, {self.GOAL_BOUND}]^2"
+            )
         return task
 
     def reward_terms(self, params: dict[str, np.ndarray], step: Transition) -> dict[str, np.ndarray]:

@@ -37,19 +37,14 @@ class Task:
 
     def to_dict(self) -> dict[str, Any]:
         """The task's parameters as plain JSON types (tuples become lists)."""
-        return {
-            field.name: _jsonable(getattr(self, field.name))
-            for field in dataclasses.fields(self)
-        }
+        return {field.name: _jsonable(getattr(self, field.name)) for field in dataclasses.fields(self)}
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> Task:
         """Inverse of :meth:`to_dict`."""
         names = {field.name for field in dataclasses.fields(cls)}
         if set(values) != names:
-            raise ValueError(
-                f"{cls.__name__} takes the fields {sorted(names)}, got {sorted(values)}"
-            )
+            raise ValueError(f"{cls.__name__} takes the fields {sorted(names)}, got {sorted(values)}")
         return cls(**{k: _tupled(v) for k, v in values.items()})
 
     def describe(self) -> str:
@@ -118,9 +113,7 @@ class TaskFamily(abc.ABC):
 
     def __init__(self, variant: str = "default", split: str = "train") -> None:
         if variant not in self.variants:
-            raise ValueError(
-                f"unknown variant {variant!r} for {self.name}; valid variants: {', '.join(self.variants)}"
-            )
+            raise ValueError(f"unknown variant {variant!r} for {self.name}; valid variants: {', '.join(self.variants)}")
         if split not in SPLITS:
             raise ValueError(f"unknown split {split!r}; valid splits: {', '.join(SPLITS)}")
         self.variant = variant
@@ -207,9 +200,7 @@ class TaskFamily(abc.ABC):
         """A single Gymnasium environment for ``task`` (default: ``default_task()``)."""
 
     @abc.abstractmethod
-    def batch(
-        self, tasks: list[Task], episodes_per_task: int = 1, seed: int = 0, nthread: int = 0
-    ) -> BatchedSimulator:
+    def batch(self, tasks: list[Task], episodes_per_task: int = 1, seed: int = 0, nthread: int = 0) -> BatchedSimulator:
         """One simulator stepping ``len(tasks) * episodes_per_task`` slots at once.
 
         Slot ``b`` runs task ``b // episodes_per_task``.
@@ -223,6 +214,4 @@ class TaskFamily(abc.ABC):
 
     def _check_type(self, task: Task) -> None:
         if not isinstance(task, self.task_type):
-            raise ValueError(
-                f"{self.name} takes {self.task_type.__name__} tasks, got {type(task).__name__}"
-            )
+            raise ValueError(f"{self.name} takes {self.task_type.__name__} tasks, got {type(task).__name__}")

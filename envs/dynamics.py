@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -57,7 +57,8 @@ class ParamsTask(Task):
 
     def describe(self) -> str:
         mass = np.asarray(self.body_mass[1:])
-        return f"mass x {mass.min():.2f}..{mass.max():.2f}, damping x {np.min(self.dof_damping):.2f}..{np.max(self.dof_damping):.2f}"
+        damping = np.asarray(self.dof_damping)
+        return f"mass x {mass.min():.2f}..{mass.max():.2f}, damping x {damping.min():.2f}..{damping.max():.2f}"
 
 
 def _log_uniform(rng: np.random.Generator, low: float, high: float, n: int) -> np.ndarray:
@@ -83,7 +84,7 @@ class _ScaleFamily(MujocoFamily):
             values = _two_intervals(rng, *self.ood_ranges, n)
         else:
             values = _log_uniform(rng, *self.train_range, n)
-        return [self.task_type(float(v)) for v in values]
+        return [self.task_type(float(v)) for v in values]  # type: ignore[call-arg]
 
     def validate(self, task: Task) -> Task:
         self._check_type(task)
@@ -139,7 +140,7 @@ class ParamsFamily(MujocoFamily):
 
     def _draw(self, rng: np.random.Generator, n: int, which: str) -> list[Task]:
         shapes = self._shapes()
-        tasks = []
+        tasks: list[Task] = []
         for _ in range(n):
             fields = {}
             for name, shape in shapes.items():
@@ -179,7 +180,7 @@ class ParamsFamily(MujocoFamily):
         return {name: getattr(model, name) * np.asarray(getattr(task, name)) for name in PARAM_BASES}
 
 
-def _tuples(values: np.ndarray) -> tuple:  # type: ignore[type-arg]
+def _tuples(values: np.ndarray) -> tuple[Any, ...]:
     if values.ndim == 1:
         return tuple(float(v) for v in values)
     return tuple(_tuples(row) for row in values)

@@ -20,7 +20,7 @@ import numpy as np
 from gymnasium.envs.mujoco.mujoco_env import MujocoEnv
 from gymnasium.spaces import Box
 
-from envs.core import Task, TaskFamily, Transition, control_cost
+from envs.core import Task, TaskFamily, Transition
 
 ASSETS = os.path.join(os.path.dirname(gym.__file__), "envs", "mujoco", "assets")
 
@@ -107,7 +107,7 @@ class Robot:
         return qpos, qvel
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _load_model(path: str) -> mujoco.MjModel:
     return mujoco.MjModel.from_xml_path(path)
 
@@ -265,6 +265,27 @@ class MujocoTaskEnv(MujocoEnv):
             default_camera_config=robot.camera,
         )
         self._last_obs = np.zeros(robot.observation_dim)
+        self._tracking = False
+
+    def render(self) -> Any:
+        """As Gymnasium's, but the default camera follows the robot (``trackbodyid``)."""
+        if not self._tracking and self.render_mode in ("rgb_array", "depth_array", "rgbd_tuple"):
+            self._track_robot()
+        return super().render()
+
+    def _track_robot(self) -> None:
+        # Gymnasium copies trackbodyid onto a *free* camera (which ignores it) and
+        # resets the camera type on every render(); switch the default camera to
+        # tracking and keep it so. A named or numbered camera is left alone.
+        self._tracking = True
+        body = self.family.robot.camera.get("trackbodyid")
+        renderer = self.mujoco_renderer
+        if body is None or renderer.camera_id not in (-1, None):
+            return
+        viewer = renderer._get_viewer(render_mode=self.render_mode)
+        viewer.cam.type = mujoco.mjtCamera.mjCAMERA_TRACKING
+        viewer.cam.trackbodyid = int(body)
+        renderer.camera_id = None
 
     def _initialize_simulation(self) -> tuple[mujoco.MjModel, mujoco.MjData]:
         model = self.family.task_model(self.task)
@@ -280,7 +301,7 @@ class MujocoTaskEnv(MujocoEnv):
         forces = np.clip(self.data.cfrc_ext[None], *CONTACT_FORCE_RANGE)
         return robot.observe(self.data.qpos[None], self.data.qvel[None], forces)[0]
 
-    def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
+    def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:  # type: ignore[override]
         action = check_action(action, (self.family.action_dim,))
         before, diverged = self._position(), divergence_count(self.data)
         self.do_simulation(action, self.frame_skip)

@@ -53,13 +53,17 @@ class PointNav(TaskFamily):
         if array.shape != (2,) or not np.all(np.isfinite(array)):
             raise ValueError(f"task parameter goal must be a pair of finite numbers, got {goal!r}")
         if np.abs(array).max() > self.GOAL_BOUND:
-            raise ValueError(f"task parameter goal={goal} is outside the allowed range [-{self.GOAL_BOUND}, {self.GOAL_BOUND}]^2")
+            raise ValueError(
+                f"task parameter goal={goal} is outside the allowed range [-{self.GOAL_BOUND}, {self.GOAL_BOUND}]^2"
+            )
         return task
 
     def reward_terms(self, params: dict[str, np.ndarray], step: Transition) -> dict[str, np.ndarray]:
         return {"reward_distance": -np.linalg.norm(step.position - params["goal"], axis=1)}
 
-    def move(self, position: np.ndarray, action: np.ndarray, params: dict[str, np.ndarray]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    def move(
+        self, position: np.ndarray, action: np.ndarray, params: dict[str, np.ndarray]
+    ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """One step of ``B`` points: new positions ``[B, 2]`` and reward terms."""
         clipped = np.clip(action, -MAX_STEP, MAX_STEP)
         after = position + clipped
@@ -74,12 +78,19 @@ class PointNav(TaskFamily):
         return PointNavBatch(self, tasks, episodes_per_task, seed)
 
 
-class PointNavEnv(gym.Env):  # type: ignore[type-arg]
+class PointNavEnv(gym.Env):
     """One point-navigation task as a Gymnasium environment (``rgb_array`` rendering)."""
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": 20}
 
-    def __init__(self, family: PointNav, task: Task | None = None, render_mode: str | None = None, width: int = 240, height: int = 240) -> None:
+    def __init__(
+        self,
+        family: PointNav,
+        task: Task | None = None,
+        render_mode: str | None = None,
+        width: int = 240,
+        height: int = 240,
+    ) -> None:
         if render_mode not in (None, "rgb_array"):
             raise ValueError(f"unknown render_mode {render_mode!r}; valid: rgb_array")
         self.family = family
@@ -91,7 +102,9 @@ class PointNavEnv(gym.Env):  # type: ignore[type-arg]
         self.action_space = Box(-MAX_STEP, MAX_STEP, (2,), np.float32)
         self._position = np.zeros(2)
 
-    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[np.ndarray, dict[str, Any]]:
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[np.ndarray, dict[str, Any]]:
         super().reset(seed=seed)
         self._position = np.zeros(2)
         return self._position.copy(), {"task": self.task.to_dict()}
@@ -104,7 +117,7 @@ class PointNavEnv(gym.Env):  # type: ignore[type-arg]
         info = {**terms_info, "x_velocity": float(np.clip(action[0], -MAX_STEP, MAX_STEP))}
         return self._position.copy(), float(sum(terms_info.values())), False, False, info
 
-    def render(self) -> np.ndarray | None:  # type: ignore[override]
+    def render(self) -> np.ndarray | None:
         if self.render_mode != "rgb_array":
             return None
         frame = np.full((self.height, self.width, 3), 255, dtype=np.uint8)
@@ -133,4 +146,10 @@ class PointNavBatch(BatchedSimulator):
         after, terms = self.family.move(self._position[sel], actions[sel], params)
         self._position[sel] = after
         n = len(after)
-        return SlotOutcome(after.copy(), terms, np.zeros(n, dtype=bool), np.zeros(n, dtype=bool), np.clip(actions[sel, 0], -MAX_STEP, MAX_STEP))
+        return SlotOutcome(
+            after.copy(),
+            terms,
+            np.zeros(n, dtype=bool),
+            np.zeros(n, dtype=bool),
+            np.clip(actions[sel, 0], -MAX_STEP, MAX_STEP),
+        )

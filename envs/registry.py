@@ -47,7 +47,9 @@ def gym_id(name: str) -> str:
     return "metarl/" + "".join(part.capitalize() for part in name.split("_")) + "-v0"
 
 
-def make_gym_env(family: str, task: Task | dict[str, Any] | None = None, variant: str = "default", **kwargs: Any) -> gym.Env:
+def make_gym_env(
+    family: str, task: Task | dict[str, Any] | None = None, variant: str = "default", **kwargs: Any
+) -> gym.Env:
     """Gymnasium entry point: ``gym.make("metarl/HalfCheetahVel-v0", task=...)``.
 
     ``task`` is a Task, its ``to_dict()`` form, or None for the family's default task.
@@ -63,4 +65,9 @@ def register() -> None:
     for name, family in FAMILIES.items():
         env_id = gym_id(name)
         if env_id not in gym.registry:
-            gym.register(env_id, entry_point=make_gym_env, kwargs={"family": name}, max_episode_steps=family.horizon)
+            gym.register(
+                env_id,
+                entry_point="envs.registry:make_gym_env",
+                kwargs={"family": name},
+                max_episode_steps=family.horizon,
+            )

@@ -55,7 +55,11 @@ class BatchedSimulator(abc.ABC):
     """Common bookkeeping of the batched simulators (masks, horizon, validation)."""
 
     def __init__(self, family: TaskFamily, tasks: list[Task], episodes_per_task: int, seed: int) -> None:
-        if isinstance(episodes_per_task, bool) or not isinstance(episodes_per_task, (int, np.integer)) or episodes_per_task <= 0:
+        if (
+            isinstance(episodes_per_task, bool)
+            or not isinstance(episodes_per_task, (int, np.integer))
+            or episodes_per_task <= 0
+        ):
             raise ValueError(f"episodes_per_task must be a positive integer, got {episodes_per_task!r}")
         self.family = family
         self.tasks = family.validate_tasks(tasks)
@@ -161,7 +165,12 @@ class MujocoBatch(BatchedSimulator):
         self._sim = Batch(model, self.num_slots, nthread=nthread, persistent=robot.contact_forces)
         self._apply_task_fields()
         sim = self._sim
-        self._qpos, self._qvel, self._ctrl, self._time = sim.bind("qpos"), sim.bind("qvel"), sim.bind("ctrl"), sim.bind("time")
+        self._qpos, self._qvel, self._ctrl, self._time = (
+            sim.bind("qpos"),
+            sim.bind("qvel"),
+            sim.bind("ctrl"),
+            sim.bind("time"),
+        )
         self._xpos = sim.bind("xpos") if robot.tracked_body is not None else None
         self._init_qpos = model.qpos0.copy()
         self._init_qvel = np.zeros(model.nv)
@@ -229,17 +238,11 @@ class MujocoBatch(BatchedSimulator):
 
     def _contact_forces(self, ids: Any) -> None:
         data, model = self._scratch, self.model
+        assert data is not None, "contact forces need the scratch MjData"
         for sim in ids:
             self._sim.get_data(sim, data)
             mujoco.mj_rnePostConstraint(model, data)
             self._cfrc[sim] = data.cfrc_ext
-
-    @property
-    def memory_bytes(self) -> int:
-        """Bytes held for the slots' state (MuJoCo data and state rows)."""
-        per_data = mujoco.MjData(self.model).nbuffer
-        datas = self.num_slots if self._sim.persistent else self._sim.nthread
-        return int(self._sim.state.nbytes + datas * per_data)
 
     def slot_model(self, slot: int) -> mujoco.MjModel:
         """The model slot ``slot`` runs on (its task's per-slot fields applied)."""
