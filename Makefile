@@ -36,11 +36,9 @@ $(STAMP): pyproject.toml
 test: install
 	$(PYTEST) -m "not slow and not gpu" -q
 
-# Main job. Until the learner lands this measures sampling speed; then it becomes
-#   $(PYTHON) scripts/meta_train.py --env half_cheetah_vel
+# Main job: meta-train the default (attention) policy on half_cheetah_vel into runs/.
 train: install
-	@mkdir -p runs
-	$(PYTHON) scripts/benchmark.py sampling --env half_cheetah_vel --json runs/benchmark_sampling.json
+	$(PYTHON) scripts/meta_train.py --env half_cheetah_vel
 
 lint: install
 	$(PYTHON) -m ruff check .

@@ -1,0 +1,23 @@
+"""Build a policy and its learner from a :class:`metarl.config.TrainConfig`."""
+
+from __future__ import annotations
+
+from agents.maml_trpo import MAMLTRPO
+from agents.policies import GaussianMLPPolicy, Policy
+from metarl.config import POLICIES, TrainConfig
+
+
+def make_policy(config: TrainConfig, obs_dim: int, act_dim: int) -> Policy:
+    """The policy ``config.policy`` (``attention`` or ``mlp``) for the given sizes."""
+    if config.policy == "mlp":
+        return GaussianMLPPolicy(obs_dim, act_dim, hidden_sizes=config.hidden_sizes)
+    if config.policy == "attention":
+        from agents.attention import AttentionPolicy
+
+        return AttentionPolicy(obs_dim, act_dim, hidden_sizes=config.hidden_sizes, window=config.window)
+    raise ValueError(f"unknown policy {config.policy!r}; valid policies: {', '.join(POLICIES)}")
+
+
+def make_learner(config: TrainConfig, policy: Policy) -> MAMLTRPO:
+    """MAML-TRPO with the config's knobs."""
+    return MAMLTRPO(policy, config.maml)

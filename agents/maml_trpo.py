@@ -1,0 +1,269 @@
+"""MAML with a TRPO outer step (Finn et al. 2017, "Model-Agnostic Meta-Learning
+for Fast Adaptation of Deep Networks"; TRPO: Schulman et al. 2015).
+
+Inner loop, per task: a policy-gradient (REINFORCE) loss with advantages from
+GAE on a linear feature baseline fitted to that task's episodes, normalised;
+``num_inner_steps`` gradient steps of size ``inner_lr``. The tasks are batched:
+the parameters are expanded to a leading task axis and one backward pass gives
+every task's inner gradient (``task_chunk`` tasks at a time).
+
+Outer loop: TRPO on the post-adaptation surrogate, with the mean KL between the
+old and new *adapted* policies on the post-adaptation states as the trust
+region; conjugate gradient on Fisher-vector products through the inner loop
+(second order unless ``first_order``), and a backtracking line search that
+restores the old parameters when no step is accepted.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.distributions import kl_divergence
+from torch.nn.utils import vector_to_parameters
+
+from agents.policies import Params, Policy
+from metarl.baseline import fit_linear_baseline
+from metarl.config import MAMLConfig
+from metarl.episodes import Episodes, Memory, gae
+from metarl.optim import backtracking_line_search, conjugate_gradient
+
+
+def policy_gradient_advantages(episodes: Episodes, gamma: float, gae_lambda: float) -> Tensor:
+    """Normalised (per task) GAE advantages ``[T, B]`` on a per-task linear baseline."""
+    values = fit_linear_baseline(
+        episodes.observations.double(), episodes.rewards.double(), episodes.mask.double(), episodes.num_tasks, gamma
+    )
+    adv = gae(episodes.rewards.double(), values, episodes.mask.double(), gamma, gae_lambda)
+    horizon, slots = adv.shape
+    per = adv.view(horizon, episodes.num_tasks, -1)
+    mask = episodes.mask.double().view(horizon, episodes.num_tasks, -1)
+    count = mask.sum(dim=(0, 2), keepdim=True).clamp_min(1.0)
+    mean = (per * mask).sum(dim=(0, 2), keepdim=True) / count
+    std = (((per - mean) * mask) ** 2).sum(dim=(0, 2), keepdim=True).div(count).sqrt()
+    return ((per - mean) / (std + 1e-8) * mask).view(horizon, slots).to(episodes.rewards.dtype)
+
+
+def masked_task_mean(values: Tensor, mask: Tensor, num_tasks: int) -> Tensor:
+    """Mean over each task's valid steps, ``[T, B] -> [num_tasks]``."""
+    horizon = values.shape[0]
+    v = (values * mask).view(horizon, num_tasks, -1).sum(dim=(0, 2))
+    return v / mask.view(horizon, num_tasks, -1).sum(dim=(0, 2)).clamp_min(1.0)
+
+
+def flatten(tensors: list[Tensor] | tuple[Tensor, ...]) -> Tensor:
+    """Concatenate tensors into one vector (any strides)."""
+    return torch.cat([t.reshape(-1) for t in tensors])
+
+
+def expand_params(params: Params, num_tasks: int) -> Params:
+    """Shared parameters viewed with a leading task axis (gradients flow back)."""
+    return {k: v.unsqueeze(0).expand(num_tasks, *v.shape) for k, v in params.items()}
+
+
+def select_tasks(params: Params, index: slice) -> Params:
+    return {k: v[index] for k, v in params.items()}
+
+
+def slot_slice(episodes: Episodes, tasks: slice) -> Episodes:
+    """The episodes of the tasks in ``tasks`` (a slice of task indices)."""
+    per = episodes.episodes_per_task
+    cut = slice(tasks.start * per, tasks.stop * per)
+    return Episodes(
+        episodes.observations[:, cut],
+        episodes.actions[:, cut],
+        episodes.rewards[:, cut],
+        episodes.next_observations[:, cut],
+        episodes.mask[:, cut],
+        tasks.stop - tasks.start,
+    )
+
+
+class MAMLTRPO:
+    """Meta-learner: ``adapt`` per-task fast parameters, ``step`` the meta-parameters.
+
+    Args:
+        policy: the policy whose parameters are meta-trained (in place by ``step``).
+        config: the knobs (:class:`MAMLConfig`).
+    """
+
+    def __init__(self, policy: Policy, config: MAMLConfig | None = None) -> None:
+        self.policy = policy
+        self.config = config or MAMLConfig()
+        self.adapted = set(policy.adapted_names(self.config.adapt))
+
+    # ------------------------------------------------------------ inner loop
+    def inner_loss(self, params: Params, episodes: Episodes, memory: Memory | None = None) -> Tensor:
+        """Per-task REINFORCE loss ``[num_tasks]`` (params shared or per task)."""
+        adv = policy_gradient_advantages(episodes, self.config.gamma, self.config.gae_lambda)
+        log_prob = self.policy.episode_distribution(params, episodes, memory).log_prob(episodes.actions)
+        return -masked_task_mean(log_prob * adv, episodes.mask, episodes.num_tasks)
+
+    def adapt(
+        self,
+        episodes: Episodes,
+        params: Params | None = None,
+        create_graph: bool | None = None,
+        memory: Memory | None = None,
+        num_steps: int | None = None,
+    ) -> Params:
+        """Per-task fast parameters (leading ``num_tasks`` axis) after the inner steps.
+
+        Args:
+            episodes: each task's pre-adaptation episodes (task-major slots).
+            params: the meta-parameters (default: the policy's), shared or
+                already per task (further steps from earlier fast parameters).
+            create_graph: keep the graph for the second-order meta-gradient
+                (default: ``not first_order``).
+            memory: context for the inner loss (attention policies).
+            num_steps: inner steps (default: ``num_inner_steps``).
+        """
+        params = self.policy.params() if params is None else params
+        create_graph = (not self.config.first_order) if create_graph is None else create_graph
+        steps = self.config.num_inner_steps if num_steps is None else num_steps
+        num_tasks = episodes.num_tasks
+        chunk = self.config.task_chunk or num_tasks
+        per_task = self.policy.num_tasks_of(params, self.policy.params()) is not None
+        pieces = []
+        for start in range(0, num_tasks, chunk):
+            tasks = slice(start, min(start + chunk, num_tasks))
+            part = slot_slice(episodes, tasks)
+            part_memory = None if memory is None else Memory(memory.transitions[tasks], memory.mask[tasks])
+            fast = select_tasks(params, tasks) if per_task else expand_params(params, tasks.stop - tasks.start)
+            for _ in range(steps):
+                fast = self._inner_step(fast, part, part_memory, create_graph)
+            pieces.append(fast)
+        return {k: torch.cat([p[k] for p in pieces]) for k in params}
+
+    def _inner_step(self, fast: Params, episodes: Episodes, memory: Memory | None, create_graph: bool) -> Params:
+        names = [k for k in fast if k in self.adapted]
+        # detached inputs (evaluation) become leaves so the inner gradient exists
+        fast = {k: v if v.requires_grad or k not in names else v.detach().requires_grad_() for k, v in fast.items()}
+        with torch.enable_grad():
+            loss = self.inner_loss(fast, episodes, memory).sum()
+            grads = torch.autograd.grad(loss, [fast[k] for k in names], create_graph=create_graph)
+        updated = dict(fast)
+        for name, grad in zip(names, grads, strict=True):
+            updated[name] = fast[name] - self.config.inner_lr * grad
+        return updated
+
+    # ------------------------------------------------------------ outer loop
+    def surrogate(
+        self, fast: Params, post: Episodes, old_log_prob: Tensor, advantages: Tensor, memory: Memory | None
+    ) -> tuple[Tensor, Any]:
+        """Mean over tasks of the importance-weighted post-adaptation advantage, and the distribution."""
+        dist = self.policy.episode_distribution(fast, post, memory)
+        ratio = torch.exp(dist.log_prob(post.actions) - old_log_prob)
+        return masked_task_mean(ratio * advantages, post.mask, post.num_tasks).mean(), dist
+
+    def mean_kl(self, old_dist: Any, new_dist: Any, post: Episodes) -> Tensor:
+        """Mean over tasks of the mean KL(old || new) on the valid post-adaptation steps."""
+        return masked_task_mean(kl_divergence(old_dist, new_dist), post.mask, post.num_tasks).mean()
+
+    def step(
+        self, pre: Episodes, post: Episodes, memory: Memory | None = None, inner_steps: int | None = None
+    ) -> dict[str, float]:
+        """One TRPO step of the meta-parameters on the meta-objective.
+
+        Args:
+            pre: pre-adaptation episodes (the inner loop's data).
+            post: episodes sampled with the adapted parameters ``adapt(pre)``.
+            memory: the post-adaptation episodes' context (attention policies).
+            inner_steps: inner steps between ``pre`` and ``post`` (default
+                ``num_inner_steps``; 0: ``post`` adapted through the context alone).
+        Returns:
+            Metrics: ``surrogate_before``, ``surrogate_improvement``, ``kl``,
+            ``line_search_steps``, ``step_accepted``, ``grad_norm``, seconds per part.
+        """
+        cfg = self.config
+        params = self.policy.params()
+        names = list(params)
+        theta = [params[k] for k in names]
+        timings: dict[str, float] = {}
+        tic = time.perf_counter()
+        advantages = policy_gradient_advantages(post, cfg.gamma, cfg.gae_lambda)
+        fast = self.adapt(pre, params, num_steps=inner_steps)
+        with torch.no_grad():
+            old_dist = self.policy.episode_distribution({k: v.detach() for k, v in fast.items()}, post, memory)
+            old_log_prob = old_dist.log_prob(post.actions)
+        surrogate, _ = self.surrogate(fast, post, old_log_prob, advantages, memory)
+        loss = -surrogate
+        grads = torch.autograd.grad(loss, theta)
+        gradient = flatten(grads).detach()
+        timings["seconds/meta_gradient"] = time.perf_counter() - tic
+
+        tic = time.perf_counter()
+        fvp = self._fisher_vector_product(pre, post, memory, names, inner_steps)
+        direction = conjugate_gradient(fvp, gradient, cfg.cg_iterations)
+        shs = 0.5 * torch.dot(direction, fvp(direction))
+        step_vector = direction / torch.sqrt(shs.clamp_min(1e-12) / cfg.max_kl)
+        timings["seconds/conjugate_gradient"] = time.perf_counter() - tic
+
+        tic = time.perf_counter()
+        old_vector = flatten(theta).detach().clone()
+        old_loss = float(loss.detach())
+        results: dict[float, tuple[float, float]] = {}
+
+        def evaluate(fraction: float) -> tuple[float, float]:
+            vector_to_parameters(old_vector - fraction * step_vector, theta)
+            new_fast = self.adapt(pre, params, create_graph=False, num_steps=inner_steps)
+            with torch.no_grad():
+                new_fast = {k: v.detach() for k, v in new_fast.items()}
+                new_surrogate, new_dist = self.surrogate(new_fast, post, old_log_prob, advantages, memory)
+                kl = float(self.mean_kl(old_dist, new_dist, post))
+            results[fraction] = (old_loss + float(new_surrogate), kl)
+            return results[fraction]
+
+        fraction, tried = backtracking_line_search(evaluate, cfg.max_kl, cfg.line_search_steps, cfg.line_search_ratio)
+        if fraction == 0.0:
+            vector_to_parameters(old_vector, theta)
+        timings["seconds/line_search"] = time.perf_counter() - tic
+        improvement, kl = results[fraction] if fraction else (0.0, 0.0)
+        return {
+            "surrogate_before": float(surrogate.detach()),
+            "surrogate_improvement": improvement,
+            "kl": kl,
+            "line_search_steps": float(tried),
+            "step_accepted": float(fraction > 0.0),
+            "grad_norm": float(gradient.norm()),
+            **timings,
+        }
+
+    def _fisher_vector_product(
+        self, pre: Episodes, post: Episodes, memory: Memory | None, names: list[str], inner_steps: int | None = None
+    ) -> Any:
+        """``v -> (H_KL + damping) v``, the KL's Hessian at the current parameters.
+
+        With ``fvp_curvature="exact"`` the Hessian is taken through the inner
+        loop (each product differentiates the inner gradient twice more); with
+        ``"adapted"`` the adapted parameters' dependence on the meta-parameters
+        is first order (identity Jacobian), which gives the Fisher of the adapted
+        policies at a fraction of the cost; the line search still checks the
+        exact KL. The KL and its gradient are built once; each product is one
+        backward pass. ``fvp_tasks`` restricts it to the first tasks.
+        """
+        cfg = self.config
+        params = self.policy.params()
+        theta = [params[k] for k in names]
+        if cfg.fvp_tasks and cfg.fvp_tasks < pre.num_tasks:
+            tasks = slice(0, cfg.fvp_tasks)
+            pre, post = slot_slice(pre, tasks), slot_slice(post, tasks)
+            memory = None if memory is None else Memory(memory.transitions[tasks], memory.mask[tasks])
+        exact = cfg.fvp_curvature == "exact" and not cfg.first_order
+        fast = self.adapt(pre, params, create_graph=exact, num_steps=inner_steps)
+        detached = {k: v.detach() for k, v in fast.items()}
+        with torch.no_grad():
+            old_dist = self.policy.episode_distribution(detached, post, memory)
+        kl = self.mean_kl(old_dist, self.policy.episode_distribution(fast, post, memory), post)
+        grad_kl = flatten(torch.autograd.grad(kl, theta, create_graph=True))
+
+        def product(vector: Tensor) -> Tensor:
+            hvp = torch.autograd.grad(torch.dot(grad_kl, vector), theta, retain_graph=True, allow_unused=True)
+            flat = torch.cat(
+                [(h if h is not None else torch.zeros_like(p)).reshape(-1) for h, p in zip(hvp, theta, strict=True)]
+            )
+            return flat + cfg.cg_damping * vector
+
+        return product

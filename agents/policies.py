@@ -1,0 +1,146 @@
+"""Gaussian policies with explicit parameters, batched over tasks.
+
+Every method takes the parameters as a ``dict[str, Tensor]``, so adaptation
+never mutates a module. A parameter dict is either *shared* (each tensor has
+the module parameter's shape) or *per task* (each tensor has an extra leading
+``num_tasks`` axis): slots are task-major, so inputs are viewed as
+``[..., num_tasks, episodes_per_task, features]`` and task ``n``'s parameters
+act on its own slots (one batched matmul, no Python loop over tasks).
+"""
+
+from __future__ import annotations
+
+import abc
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.distributions import Independent, Normal
+
+from metarl.config import ADAPT_SCOPES
+from metarl.episodes import Episodes, Memory
+
+Params = dict[str, Tensor]
+
+
+def linear(x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
+    """``x @ weight.T + bias`` for shared (``[out, in]``) or per-task (``[N, out, in]``) weights.
+
+    Per-task weights need ``x`` as ``[..., N, S, in]``; returns ``[..., N, S, out]``.
+    """
+    if weight.dim() == 2:
+        return F.linear(x, weight, bias)
+    return torch.einsum("...nsi,noi->...nso", x, weight) + bias.unsqueeze(-2)
+
+
+def diagonal_gaussian(mean: Tensor, log_std: Tensor) -> Independent:
+    """A diagonal Gaussian over the last axis; ``log_std`` broadcast to ``mean``."""
+    return Independent(Normal(mean, log_std.expand_as(mean).exp()), 1)
+
+
+def task_view(x: Tensor, num_tasks: int) -> Tensor:
+    """``[..., B, F] -> [..., num_tasks, B // num_tasks, F]``."""
+    return x.reshape(*x.shape[:-2], num_tasks, x.shape[-2] // num_tasks, x.shape[-1])
+
+
+class Policy(nn.Module, abc.ABC):
+    """Base of the Gaussian policies: ``act`` for sampling, ``episode_distribution`` for losses."""
+
+    uses_context: bool = False
+
+    def __init__(self, obs_dim: int, act_dim: int, init_log_std: float = 0.0) -> None:
+        super().__init__()
+        self.obs_dim, self.act_dim = obs_dim, act_dim
+        self.log_std = nn.Parameter(torch.full((act_dim,), float(init_log_std)))
+
+    def params(self) -> Params:
+        """The module's parameters as a dict (live tensors, for the outer optimiser)."""
+        return dict(self.named_parameters())
+
+    def adapted_names(self, scope: str) -> list[str]:
+        """Names of the parameters the inner loop adapts for ``scope``."""
+        if scope not in ADAPT_SCOPES:
+            raise ValueError(f"unknown adaptation scope {scope!r}; valid: {', '.join(ADAPT_SCOPES)}")
+        names = list(self.params())
+        if scope == "all":
+            return names
+        context = [n for n in names if self.is_context_parameter(n)]
+        if scope == "context":
+            if not context:
+                raise ValueError(f"{type(self).__name__} has no context parameters to adapt")
+            return context
+        return [n for n in names if n not in context]
+
+    def is_context_parameter(self, name: str) -> bool:
+        """Whether parameter ``name`` belongs to the context encoder."""
+        return False
+
+    @staticmethod
+    def num_tasks_of(params: Params, shared: Params) -> int | None:
+        """The leading task axis of per-task ``params``, or None if they are shared."""
+        name, value = next(iter(params.items()))
+        return int(value.shape[0]) if value.dim() == shared[name].dim() + 1 else None
+
+    @abc.abstractmethod
+    def episode_distribution(self, params: Params, episodes: Episodes, memory: Memory | None = None) -> Independent:
+        """Action distribution at every step of ``episodes``: batch shape ``[T, B]``."""
+
+    @abc.abstractmethod
+    def start(self, params: Params, num_tasks: int, num_slots: int, memory: Memory | None = None) -> Any:
+        """Sampling state for ``num_slots`` fresh episodes (the context, if any)."""
+
+    @abc.abstractmethod
+    def act(self, params: Params, obs: Tensor, state: Any) -> Independent:
+        """Action distribution for ``obs [B, obs_dim]`` given the sampling state."""
+
+    def observe(self, params: Params, state: Any, obs: Tensor, action: Tensor, reward: Tensor, next_obs: Tensor) -> Any:
+        """The sampling state after each slot took one step (default: unchanged)."""
+        return state
+
+
+class GaussianMLPPolicy(Policy):
+    """The MAML policy (Finn et al. 2017): an MLP mean with tanh hidden layers
+    and a state-independent log standard deviation; the context is ignored."""
+
+    def __init__(
+        self, obs_dim: int, act_dim: int, hidden_sizes: tuple[int, ...] = (64, 64), init_log_std: float = 0.0
+    ) -> None:
+        super().__init__(obs_dim, act_dim, init_log_std)
+        sizes = (obs_dim, *hidden_sizes, act_dim)
+        self.layers = nn.ModuleList(nn.Linear(i, o) for i, o in zip(sizes[:-1], sizes[1:], strict=True))
+        for name, param in self.layers.named_parameters():
+            if name.endswith("weight"):
+                nn.init.xavier_uniform_(param)
+            else:
+                nn.init.zeros_(param)
+        self.hidden_sizes = tuple(hidden_sizes)
+
+    def mean(self, params: Params, obs: Tensor) -> Tensor:
+        """The action mean; ``obs [..., B, obs_dim]`` (per-task params: ``B`` task-major)."""
+        num_tasks = self.num_tasks_of(params, self.params())
+        x = obs if num_tasks is None else task_view(obs, num_tasks)
+        last = len(self.layers) - 1
+        for i in range(len(self.layers)):
+            x = linear(x, params[f"layers.{i}.weight"], params[f"layers.{i}.bias"])
+            if i < last:
+                x = torch.tanh(x)
+        return x if num_tasks is None else x.reshape(*obs.shape[:-1], self.act_dim)
+
+    def _log_std(self, params: Params, like: Tensor) -> Tensor:
+        log_std = params["log_std"]
+        if log_std.dim() == 1:
+            return log_std
+        num_tasks = log_std.shape[0]
+        return log_std.repeat_interleave(like.shape[-2] // num_tasks, dim=0)
+
+    def episode_distribution(self, params: Params, episodes: Episodes, memory: Memory | None = None) -> Independent:
+        mean = self.mean(params, episodes.observations)
+        return diagonal_gaussian(mean, self._log_std(params, mean))
+
+    def start(self, params: Params, num_tasks: int, num_slots: int, memory: Memory | None = None) -> Any:
+        return None
+
+    def act(self, params: Params, obs: Tensor, state: Any) -> Independent:
+        mean = self.mean(params, obs)
+        return diagonal_gaussian(mean, self._log_std(params, mean))

@@ -1,0 +1,223 @@
+"""Configuration: frozen dataclasses, per-family presets, and their command line.
+
+Every field has a docstring; :func:`add_arguments` turns the fields into
+``--kebab-case`` flags whose help is that docstring, and :func:`resolve` builds
+a config from defaults, then the family's preset, then the flags a user gave.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import dataclasses
+import inspect
+import json
+import typing
+from pathlib import Path
+from typing import Any
+
+FVP_CURVATURES = ("adapted", "exact")
+ADAPT_SCOPES = ("all", "head", "context")
+POLICIES = ("attention", "mlp")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+@dataclasses.dataclass(frozen=True)
+class MAMLConfig:
+    """Knobs of MAML-TRPO; defaults are pytorch-maml-rl's (Deleu 2018) for MuJoCo."""
+
+    inner_lr: float = 0.1
+    """Step size of the inner policy-gradient steps."""
+    num_inner_steps: int = 1
+    """Inner gradient steps per task."""
+    first_order: bool = False
+    """Drop the second-order terms of the meta-gradient (first-order MAML)."""
+    adapt: str = "all"
+    """Parameters the inner loop adapts: all, head or context."""
+    gamma: float = 0.99
+    """Discount factor."""
+    gae_lambda: float = 1.0
+    """GAE lambda (1.0: Monte-Carlo returns minus the baseline)."""
+    max_kl: float = 1e-2
+    """Trust region: largest mean KL between old and new adapted policies per outer step."""
+    cg_iterations: int = 10
+    """Conjugate-gradient iterations of the TRPO step."""
+    cg_damping: float = 1e-5
+    """Damping added to the Fisher-vector products."""
+    line_search_steps: int = 15
+    """Most backtracking steps of the line search."""
+    line_search_ratio: float = 0.8
+    """Backtracking factor of the line search."""
+    fvp_tasks: int = 10
+    """Tasks whose KL defines the Fisher-vector products (0: all); a subsample, as TRPO
+    implementations commonly use, cuts the conjugate gradient's cost."""
+    fvp_curvature: str = "adapted"
+    """Trust-region curvature: adapted (Fisher of the adapted policies, inner-step Jacobian
+    taken as identity; cheap) or exact (the KL Hessian through the inner loop; dearer)."""
+    task_chunk: int = 0
+    """Tasks adapted per batched computation (0: all at once)."""
+
+    def __post_init__(self) -> None:
+        _check(
+            self,
+            {
+                "inner_lr": (self.inner_lr >= 0, "must be >= 0"),
+                "num_inner_steps": (self.num_inner_steps >= 1, "must be >= 1"),
+                "adapt": (self.adapt in ADAPT_SCOPES, f"must be one of {', '.join(ADAPT_SCOPES)}"),
+                "gamma": (0 < self.gamma <= 1, "must be in (0, 1]"),
+                "gae_lambda": (0 <= self.gae_lambda <= 1, "must be in [0, 1]"),
+                "max_kl": (self.max_kl > 0, "must be > 0"),
+                "cg_iterations": (self.cg_iterations >= 1, "must be >= 1"),
+                "cg_damping": (self.cg_damping >= 0, "must be >= 0"),
+                "line_search_steps": (self.line_search_steps >= 1, "must be >= 1"),
+                "line_search_ratio": (0 < self.line_search_ratio < 1, "must be in (0, 1)"),
+                "fvp_tasks": (self.fvp_tasks >= 0, "must be >= 0"),
+                "fvp_curvature": (self.fvp_curvature in FVP_CURVATURES, f"must be one of {', '.join(FVP_CURVATURES)}"),
+                "task_chunk": (self.task_chunk >= 0, "must be >= 0"),
+            },
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """A meta-training run: the task family, the policy, the sizes and the learner."""
+
+    env: str = "half_cheetah_vel"
+    """Task family (see envs.names())."""
+    variant: str = "default"
+    """Variant of the family (e.g. pearl for half_cheetah_vel, 2d for ant_dir)."""
+    split: str = "train"
+    """Training split: train, or ood for the reduced range of the params families."""
+    policy: str = "attention"
+    """Policy: attention (in-context adaptation) or mlp (the MAML paper's)."""
+    iterations: int = 500
+    """Meta-iterations."""
+    seed: int = 0
+    """Seed of every random stream of the run."""
+    device: str = "auto"
+    """Learner device: auto (cuda when available), cpu or cuda; physics stays on the CPU."""
+    meta_batch_size: int = 40
+    """Tasks per meta-iteration."""
+    episodes_per_task: int = 20
+    """Episodes per task, before and after adaptation."""
+    hidden_sizes: tuple[int, ...] = (64, 64)
+    """Hidden layer widths of the policy's action head."""
+    window: int = 8
+    """Attention policy: transitions of the current episode in the causal window."""
+    memory_size: int = 64
+    """Attention policy: transitions of the task's earlier episodes in the memory."""
+    context_fraction: float = 0.0
+    """Context policies: fraction of meta-iterations whose post-adaptation episodes adapt through
+    the memory alone (no inner gradient step), so that in-context adaptation is trained too."""
+    time_limit: float = 0.0
+    """Stop (with a checkpoint) once this many minutes of training have passed; 0: no limit."""
+    checkpoint_every: int = 50
+    """Keep a numbered checkpoint every this many iterations (the latest is written every iteration)."""
+    maml: MAMLConfig = dataclasses.field(default_factory=MAMLConfig)
+    """Learner knobs."""
+
+    def __post_init__(self) -> None:
+        _check(
+            self,
+            {
+                "policy": (self.policy in POLICIES, f"must be one of {', '.join(POLICIES)}"),
+                "device": (self.device in DEVICES, f"must be one of {', '.join(DEVICES)}"),
+                "iterations": (self.iterations >= 1, "must be >= 1"),
+                "meta_batch_size": (self.meta_batch_size >= 1, "must be >= 1"),
+                "episodes_per_task": (self.episodes_per_task >= 1, "must be >= 1"),
+                "hidden_sizes": (
+                    len(self.hidden_sizes) >= 1 and min(self.hidden_sizes) >= 1,
+                    "must be positive widths",
+                ),
+                "window": (self.window >= 1, "must be >= 1"),
+                "memory_size": (self.memory_size >= 1, "must be >= 1"),
+                "checkpoint_every": (self.checkpoint_every >= 1, "must be >= 1"),
+                "time_limit": (self.time_limit >= 0, "must be >= 0 (minutes; 0: no limit)"),
+                "context_fraction": (0 <= self.context_fraction <= 1, "must be in [0, 1]"),
+            },
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
+        values = dict(values)
+        maml = MAMLConfig(**values.pop("maml", {}))
+        values["hidden_sizes"] = tuple(values.get("hidden_sizes", (64, 64)))
+        return cls(**values, maml=maml)
+
+    def save(self, path: Path) -> None:
+        path.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+
+
+def _check(config: Any, checks: dict[str, tuple[bool, str]]) -> None:
+    for name, (ok, why) in checks.items():
+        if not ok:
+            raise ValueError(f"invalid {name.replace('_', '-')}={getattr(config, name)!r}: {why}")
+
+
+PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
+    "point_nav": ("pytorch-maml-rl configs/maml/2d-navigation.yaml", {"meta_batch_size": 20, "iterations": 100}),
+    "half_cheetah_vel": ("pytorch-maml-rl configs/maml/halfcheetah-vel.yaml", {}),
+    "half_cheetah_dir": ("pytorch-maml-rl configs/maml/halfcheetah-dir.yaml", {}),
+    "ant_dir": ("pytorch-maml-rl configs/maml/ant-dir.yaml", {}),
+    "ant_goal": ("pytorch-maml-rl configs/maml/ant-goal.yaml", {}),
+}
+"""Per-family overrides of the defaults and their source; families without a
+published MAML setting use the half_cheetah_vel one."""
+
+
+def preset(env: str) -> tuple[str, dict[str, Any]]:
+    """``(source, overrides)`` of ``env``."""
+    return PRESETS.get(env, ("the half_cheetah_vel preset (no published MAML setting for this family)", {}))
+
+
+def _field_docs(cls: type) -> dict[str, str]:
+    """Docstrings written under dataclass fields."""
+    tree = ast.parse(inspect.getsource(cls))
+    body = tree.body[0].body  # type: ignore[attr-defined]
+    docs = {}
+    for node, after in zip(body[:-1], body[1:], strict=True):
+        named = isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)
+        if named and isinstance(after, ast.Expr) and isinstance(after.value, ast.Constant):
+            docs[node.target.id] = " ".join(str(after.value.value).split())
+    return docs
+
+
+def add_arguments(parser: argparse.ArgumentParser, cls: type, skip: tuple[str, ...] = ()) -> None:
+    """Add a ``--field-name`` flag per field of ``cls`` (default None: "not given")."""
+    docs = _field_docs(cls)
+    hints = typing.get_type_hints(cls)
+    defaults = cls()
+    for field in dataclasses.fields(cls):
+        if field.name in skip or dataclasses.is_dataclass(hints[field.name]):
+            continue
+        flag = "--" + field.name.replace("_", "-")
+        default = getattr(defaults, field.name)
+        text = f"{docs.get(field.name, '')} (default: {default})"
+        hint = hints[field.name]
+        if hint is bool:
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=text)
+        elif typing.get_origin(hint) is tuple:
+            parser.add_argument(flag, type=int, nargs="+", default=None, help=text, metavar="N")
+        else:
+            parser.add_argument(flag, type=hint, default=None, help=text, metavar=hint.__name__.upper())
+
+
+def resolve(args: argparse.Namespace) -> TrainConfig:
+    """Defaults, then the family's preset, then the flags given; ValueError on a bad value."""
+    values: dict[str, Any] = {}
+    maml: dict[str, Any] = {}
+    env = getattr(args, "env", None) or TrainConfig.env
+    values.update(preset(env)[1])
+    maml_fields = {f.name for f in dataclasses.fields(MAMLConfig)}
+    train_fields = {f.name for f in dataclasses.fields(TrainConfig)} - {"maml"}
+    for name, value in vars(args).items():
+        if value is None:
+            continue
+        if name in maml_fields:
+            maml[name] = value
+        elif name in train_fields:
+            values[name] = tuple(value) if name == "hidden_sizes" else value
+    return TrainConfig(**values, maml=MAMLConfig(**maml))

@@ -1,0 +1,214 @@
+"""The meta-training loop: sample, adapt, sample again, step; log and checkpoint.
+
+One meta-iteration (each arrow one call)::
+
+    family.sample_tasks(rng, meta_batch_size) -> family.batch(tasks, episodes_per_task)
+      -> sample(sim, policy, params)                 pre-adaptation episodes
+      -> learner.adapt(pre)                          per-task fast parameters
+      -> sample(sim, policy, fast, memory)           post-adaptation episodes
+      -> learner.step(pre, post, memory)             TRPO on the meta-objective
+      -> logger.log(metrics); checkpoint.save(...)
+
+Randomness comes from one ``numpy.random.Generator`` (tasks, simulator seeds)
+and one CPU ``torch.Generator`` (action noise, memory subsets), both saved in
+every checkpoint, so a resumed run continues exactly as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from metarl import checkpoint
+from metarl.config import TrainConfig
+from metarl.episodes import Episodes, Memory, build_memory
+from metarl.logger import MetricLogger
+from metarl.sampling import sample
+
+CHECKPOINT = "checkpoint.pt"
+
+
+class TrainingDiverged(RuntimeError):
+    """A loss or parameter became NaN or inf; the last good checkpoint is kept."""
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> cuda when available, else cpu; ``cuda`` without a GPU is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("invalid device=cuda: torch sees no CUDA device here (use --device cpu or auto)")
+    return torch.device(name)
+
+
+@contextlib.contextmanager
+def torch_threads(count: int) -> Iterator[None]:
+    """Run the block with ``count`` torch threads (sampling: 1, so the policy's
+    idle OpenMP workers do not compete with MuJoCo's threads)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def run_name(config: TrainConfig) -> str:
+    """``<env>__<policy>__<seed>__<time>``."""
+    return f"{config.env}__{config.policy}__{config.seed}__{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def detached(params: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.detach() for k, v in params.items()}
+
+
+class MetaTrainer:
+    """Meta-trains ``policy`` with ``learner`` on ``family`` into ``run_dir``.
+
+    Args:
+        config: the resolved configuration (saved as ``config.json``).
+        family: the task family (``envs.make(config.env, ...)``).
+        policy: an ``agents.policies.Policy`` on ``device``.
+        learner: an ``agents.MAMLTRPO`` of that policy.
+        run_dir: the run's directory.
+        device: the learner's device.
+    """
+
+    def __init__(
+        self, config: TrainConfig, family: Any, policy: Any, learner: Any, run_dir: Path, device: torch.device
+    ) -> None:
+        self.config, self.family, self.policy, self.learner = config, family, policy, learner
+        self.run_dir, self.device = run_dir, device
+        self.rng = np.random.default_rng(config.seed)
+        self.generator = torch.Generator().manual_seed(config.seed)
+        self.iteration = 0  # the next iteration to run
+
+    # ------------------------------------------------------------ state
+    def state(self, metrics: dict[str, float]) -> dict[str, Any]:
+        return {
+            "iteration": self.iteration,
+            "config": self.config.to_dict(),
+            "policy": {k: v.detach().cpu() for k, v in self.policy.state_dict().items()},
+            "numpy_rng": self.rng.bit_generator.state,
+            "torch_rng": self.generator.get_state(),
+            "metrics": metrics,
+        }
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """Continue from a checkpoint of this run (same env and policy)."""
+        saved = TrainConfig.from_dict(state["config"])
+        for name in ("env", "variant", "policy"):
+            if getattr(saved, name) != getattr(self.config, name):
+                raise checkpoint.CheckpointError(
+                    f"checkpoint is for {name}={getattr(saved, name)!r}, not {getattr(self.config, name)!r}"
+                )
+        try:
+            self.policy.load_state_dict(state["policy"])
+        except RuntimeError as error:
+            raise checkpoint.CheckpointError(
+                f"checkpoint does not fit the policy: {str(error).splitlines()[0]}"
+            ) from None
+        self.rng.bit_generator.state = state["numpy_rng"]
+        self.generator.set_state(state["torch_rng"])
+        self.iteration = int(state["iteration"])
+
+    # ------------------------------------------------------------ one iteration
+    def collect(self) -> tuple[Episodes, Episodes, Memory | None, int | None, dict[str, float]]:
+        """Sample pre-adaptation episodes, adapt, sample post-adaptation episodes.
+
+        Returns the episodes, the post-adaptation memory, the inner steps taken
+        (None: the configured number; 0: context-only adaptation) and timings.
+        """
+        cfg = self.config
+        context_only = self.policy.uses_context and bool(self.rng.random() < cfg.context_fraction)
+        tasks = self.family.sample_tasks(self.rng, cfg.meta_batch_size)
+        sim = self.family.batch(tasks, cfg.episodes_per_task, seed=int(self.rng.integers(2**31)))
+        tic = time.perf_counter()
+        with torch_threads(1):
+            pre = sample(
+                sim, self.policy, detached(self.policy.params()), len(tasks), self.generator, device=self.device
+            )
+        sampling = time.perf_counter() - tic
+        tic = time.perf_counter()
+        memory = build_memory(pre, cfg.memory_size, self.generator) if self.policy.uses_context else None
+        steps = 0 if context_only else None
+        fast = detached(self.learner.adapt(pre, create_graph=False, num_steps=steps))
+        inner = time.perf_counter() - tic
+        tic = time.perf_counter()
+        with torch_threads(1):
+            post = sample(sim, self.policy, fast, len(tasks), self.generator, memory=memory, device=self.device)
+        sampling += time.perf_counter() - tic
+        count = float(pre.mask.sum() + post.mask.sum())
+        timing = {"time/sampling": sampling, "time/inner_loop": inner, "speed/env_steps_per_s": count / sampling}
+        return pre, post, memory, steps, timing
+
+    def step(self) -> dict[str, float]:
+        """One meta-iteration; returns its metrics."""
+        tic = time.perf_counter()
+        pre, post, memory, steps, timing = self.collect()
+        outer = time.perf_counter()
+        result = self.learner.step(pre, post, memory, inner_steps=steps)
+        timing["time/trpo"] = time.perf_counter() - outer
+        pre_return, post_return = float(pre.task_returns().mean()), float(post.task_returns().mean())
+        metrics = {
+            "returns/pre": pre_return,
+            "returns/post": post_return,
+            "returns/gap": post_return - pre_return,
+            "returns/context_only": float(steps == 0),
+            **{f"trpo/{k}": v for k, v in result.items() if not k.startswith("seconds/")},
+            **{f"time/{k.split('/')[1]}": v for k, v in result.items() if k.startswith("seconds/")},
+            **timing,
+            "time/iteration": time.perf_counter() - tic,
+        }
+        bad = [k for k, v in metrics.items() if not math.isfinite(v)]
+        bad += [k for k, v in self.policy.params().items() if not torch.isfinite(v).all()]
+        if bad:
+            raise TrainingDiverged(
+                f"iteration {self.iteration}: non-finite {', '.join(bad[:4])}; the last good checkpoint is kept "
+                f"in {self.run_dir / CHECKPOINT} (try a smaller --max-kl or --inner-lr)"
+            )
+        return metrics
+
+    # ------------------------------------------------------------ the loop
+    def train(self, progress: bool = True) -> dict[str, float]:
+        """Run the remaining iterations; returns the last metrics."""
+        from tqdm import tqdm
+
+        cfg = self.config
+        resumed = self.iteration > 0
+        logger = MetricLogger(self.run_dir, resume_iteration=self.iteration - 1 if resumed else None)
+        metrics: dict[str, float] = {}
+        bar = tqdm(total=cfg.iterations, initial=self.iteration, disable=not progress, unit="it", dynamic_ncols=True)
+        deadline = time.monotonic() + 60.0 * cfg.time_limit if cfg.time_limit else math.inf
+        try:
+            while self.iteration < cfg.iterations and time.monotonic() < deadline:
+                metrics = self.step()
+                logger.log(self.iteration, metrics)
+                self.iteration += 1
+                self.save(metrics)
+                bar.update(1)
+                bar.set_postfix(
+                    pre=f"{metrics['returns/pre']:.1f}",
+                    post=f"{metrics['returns/post']:.1f}",
+                    kl=f"{metrics['trpo/kl']:.4f}",
+                    s_it=f"{metrics['time/iteration']:.1f}",
+                )
+        finally:
+            bar.close()
+            logger.close()
+        return metrics
+
+    def save(self, metrics: dict[str, float]) -> None:
+        """Write the latest checkpoint (atomically) and keep every ``checkpoint_every``-th."""
+        path = self.run_dir / CHECKPOINT
+        checkpoint.save(path, self.state(metrics))
+        if self.iteration % self.config.checkpoint_every == 0 or self.iteration == self.config.iterations:
+            shutil.copyfile(path, self.run_dir / f"checkpoint_{self.iteration:05d}.pt")

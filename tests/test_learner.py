@@ -1,0 +1,735 @@
+"""MAML-TRPO and its parts, checked by value in float64 (DESIGN.md, "Tests a meta-RL library must have").
+
+- the second-order meta-gradient equals central finite differences; the
+  first-order one differs, and equals finite differences with the inner
+  gradient held fixed; ``MAMLTRPO.step`` reports the norm of that gradient;
+- adaptation batched over tasks (any ``task_chunk``) equals a Python loop;
+- the Fisher-vector product equals the explicit Hessian of the KL (exact and
+  adapted curvature);
+- conjugate gradient against ``torch.linalg.solve``; the line search, and the
+  restore of the old parameters when no step is accepted;
+- returns, GAE and the linear baseline against loop references and known answers;
+- ``build_memory``; the sampling loop (reproducible, shapes, rewards, per-task params).
+
+Tests that need the attention policy import it lazily and skip (with the reason)
+where ``agents.attention`` is not importable.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import Tensor
+
+import envs
+from agents.maml_trpo import MAMLTRPO, expand_params, flatten, policy_gradient_advantages
+from agents.policies import GaussianMLPPolicy, Params, Policy
+from metarl.baseline import baseline_features, fit_linear_baseline
+from metarl.config import MAMLConfig
+from metarl.episodes import Episodes, Memory, build_memory, discounted_returns, gae, transition_features
+from metarl.optim import backtracking_line_search, conjugate_gradient
+from metarl.sampling import sample
+
+ROOT = Path(__file__).resolve().parents[1]
+OBS_DIM, ACT_DIM = 3, 2
+DTYPE = torch.float64
+POLICY_KINDS = ("mlp", "attention")
+
+
+# ---------------------------------------------------------------------------- helpers
+
+
+def make_policy(kind: str = "mlp", seed: int = 0) -> Policy:
+    """A tiny float64 policy with every parameter (biases, log_std) randomised from ``seed``."""
+    torch.manual_seed(seed)  # nn.Linear's own initialisation; perturbed below from an explicit generator
+    if kind == "mlp":
+        policy: Policy = GaussianMLPPolicy(OBS_DIM, ACT_DIM, hidden_sizes=(5,))
+    else:
+        try:
+            from agents.attention import AttentionPolicy
+        except Exception as error:  # being written concurrently: skip only the tests that need it
+            pytest.skip(f"agents.attention is not importable yet ({type(error).__name__}: {error})")
+        policy = AttentionPolicy(OBS_DIM, ACT_DIM, hidden_sizes=(4,), embed_dim=4, num_heads=2, window=2)
+    policy = policy.double()
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for value in policy.parameters():
+            value.add_(0.3 * torch.randn(value.shape, generator=generator, dtype=value.dtype))
+    return policy
+
+
+def random_episodes(
+    num_tasks: int, per_task: int, horizon: int, seed: int, lengths: list[int] | None = None
+) -> Episodes:
+    """Random float64 episodes; slot ``b`` lasts ``lengths[b]`` steps (default: random, some end early)."""
+    generator = torch.Generator().manual_seed(seed)
+    slots = num_tasks * per_task
+    if lengths is None:
+        lengths = torch.randint(1, horizon + 1, (slots,), generator=generator).tolist()
+        lengths[0] = horizon  # at least one full episode
+    mask = (torch.arange(horizon).unsqueeze(1) < torch.tensor(lengths).unsqueeze(0)).to(DTYPE)
+    obs = torch.randn(horizon + 1, slots, OBS_DIM, generator=generator, dtype=DTYPE)
+    actions = torch.randn(horizon, slots, ACT_DIM, generator=generator, dtype=DTYPE)
+    rewards = torch.randn(horizon, slots, generator=generator, dtype=DTYPE) * mask
+    return Episodes(obs[:-1], actions, rewards, obs[1:], mask, num_tasks)
+
+
+def random_memory(num_tasks: int, size: int, seed: int) -> Memory:
+    generator = torch.Generator().manual_seed(seed)
+    width = 2 * OBS_DIM + ACT_DIM + 1
+    mask = torch.ones(num_tasks, size, dtype=DTYPE)
+    mask[-1, size // 2 :] = 0.0  # the last task's memory is half empty
+    return Memory(torch.randn(num_tasks, size, width, generator=generator, dtype=DTYPE) * mask.unsqueeze(-1), mask)
+
+
+def leaf_params(policy: Policy) -> Params:
+    """Detached copies of the policy's parameters that require grad (a functional θ)."""
+    return {k: v.detach().clone().requires_grad_(True) for k, v in policy.params().items()}
+
+
+class Problem:
+    """A tiny meta-learning problem: policy, learner, pre/post episodes (2 tasks) and memory."""
+
+    def __init__(self, kind: str = "mlp", inner_lr: float = 0.5, **config: object) -> None:
+        self.kind = kind
+        self.policy = make_policy(kind)
+        self.learner = MAMLTRPO(self.policy, MAMLConfig(inner_lr=inner_lr, **config))  # type: ignore[arg-type]
+        self.pre = random_episodes(2, 3, 7, seed=1)
+        self.post = random_episodes(2, 3, 7, seed=2)
+        self.memory = random_memory(2, 5, seed=3) if self.policy.uses_context else None
+        self.names = list(self.policy.params())
+        self.shapes = [self.policy.params()[k].shape for k in self.names]
+
+    def unflatten(self, vector: Tensor) -> Params:
+        """A parameter dict whose tensors are views of ``vector`` (gradients flow back to it)."""
+        out, start = {}, 0
+        for name, shape in zip(self.names, self.shapes, strict=True):
+            size = int(torch.Size(shape).numel())
+            out[name] = vector[start : start + size].view(shape)
+            start += size
+        return out
+
+    def theta(self) -> Tensor:
+        return flatten([self.policy.params()[k] for k in self.names]).detach().clone()
+
+    def objective(self, params: Params, create_graph: bool | None = True, learner: MAMLTRPO | None = None) -> Tensor:
+        """J(θ) = mean over tasks of the post-adaptation REINFORCE loss of ``adapt(θ)``."""
+        learner = learner or self.learner
+        fast = learner.adapt(self.pre, params, create_graph=create_graph, memory=self.memory)
+        return learner.inner_loss(fast, self.post, self.memory).mean()
+
+    def objective_of_vector(self, vector: Tensor, create_graph: bool = True) -> Tensor:
+        with torch.enable_grad():
+            leaf = vector.detach().clone().requires_grad_(True)
+            return self.objective(self.unflatten(leaf), create_graph=create_graph).detach()
+
+
+def central_difference(f: Callable[[Tensor], Tensor], x: Tensor, direction: Tensor, h: float = 1e-5) -> float:
+    return float((f(x + h * direction) - f(x - h * direction)) / (2 * h))
+
+
+# ---------------------------------------------------------------------------- 1. meta-gradient
+
+
+@pytest.mark.parametrize("kind", POLICY_KINDS)
+def test_second_order_meta_gradient_equals_finite_differences(kind: str) -> None:
+    problem = Problem(kind)
+    theta = problem.theta()
+    leaf = theta.clone().requires_grad_(True)
+    (gradient,) = torch.autograd.grad(problem.objective(problem.unflatten(leaf), create_graph=True), leaf)
+    assert torch.isfinite(gradient).all()
+
+    # Coordinates: the largest |g| of every parameter tensor, plus a random direction.
+    coordinates, start = [], 0
+    for shape in problem.shapes:
+        size = int(torch.Size(shape).numel())
+        coordinates.append(start + int(gradient[start : start + size].abs().argmax()))
+        start += size
+    directions = [torch.nn.functional.one_hot(torch.tensor(i), theta.numel()).to(DTYPE) for i in coordinates]
+    directions.append(torch.randn(theta.numel(), generator=torch.Generator().manual_seed(5), dtype=DTYPE))
+    for direction in directions:
+        analytic = float(gradient @ direction)
+        numeric = central_difference(problem.objective_of_vector, theta, direction)
+        assert abs(analytic - numeric) <= 1e-6 * max(abs(analytic), 1e-3), (analytic, numeric)
+
+
+@pytest.mark.parametrize("kind", POLICY_KINDS)
+def test_first_order_meta_gradient_differs_and_matches_fixed_inner_gradient(kind: str) -> None:
+    problem = Problem(kind)
+    first = MAMLTRPO(problem.policy, MAMLConfig(inner_lr=problem.learner.config.inner_lr, first_order=True))
+    theta = problem.theta()
+
+    leaf = theta.clone().requires_grad_(True)
+    (second_order,) = torch.autograd.grad(problem.objective(problem.unflatten(leaf), create_graph=True), leaf)
+    leaf = theta.clone().requires_grad_(True)
+    (first_order,) = torch.autograd.grad(problem.objective(problem.unflatten(leaf), None, learner=first), leaf)
+
+    relative = float((second_order - first_order).norm() / second_order.norm())
+    assert relative > 1e-2, f"first- and second-order meta-gradients agree ({relative:.2e}): no second-order term?"
+
+    # First order == the exact gradient of J with each task's inner gradient frozen at θ.
+    lr = first.config.inner_lr
+    with torch.enable_grad():
+        frozen_fast = first.adapt(problem.pre, leaf_params(problem.policy), create_graph=False, memory=problem.memory)
+    inner_gradient = {k: ((problem.policy.params()[k].detach() - v) / lr).detach() for k, v in frozen_fast.items()}
+
+    def frozen_objective(vector: Tensor) -> Tensor:
+        params = expand_params(problem.unflatten(vector), problem.pre.num_tasks)
+        fast = {k: v - lr * inner_gradient[k] for k, v in params.items()}
+        return first.inner_loss(fast, problem.post, problem.memory).mean()
+
+    for seed in (6, 7, 8):
+        direction = torch.randn(theta.numel(), generator=torch.Generator().manual_seed(seed), dtype=DTYPE)
+        analytic = float(first_order @ direction)
+        numeric = central_difference(frozen_objective, theta, direction)
+        assert abs(analytic - numeric) <= 1e-6 * max(abs(analytic), 1e-3), (analytic, numeric)
+
+
+@pytest.mark.parametrize("first_order", [False, True])
+def test_step_reports_the_meta_gradient(first_order: bool) -> None:
+    """``step``'s ``grad_norm`` is the norm of dJ/dθ at the parameters before the step (J = -surrogate)."""
+    problem = Problem("mlp", inner_lr=0.1, first_order=first_order)
+    leaf = problem.theta().requires_grad_(True)
+    create_graph = None if first_order else True
+    (gradient,) = torch.autograd.grad(problem.objective(problem.unflatten(leaf), create_graph), leaf)
+    metrics = problem.learner.step(problem.pre, problem.post, problem.memory)
+    assert metrics["grad_norm"] == pytest.approx(float(gradient.norm()), rel=1e-10)
+    assert metrics["surrogate_before"] == pytest.approx(0.0, abs=1e-12)  # advantages are normalised per task
+
+
+# ---------------------------------------------------------------------------- 2. batched == loop
+
+
+@pytest.mark.parametrize("kind", POLICY_KINDS)
+@pytest.mark.parametrize("num_inner_steps", [1, 2])
+def test_batched_adaptation_equals_a_loop_over_tasks(kind: str, num_inner_steps: int) -> None:
+    policy = make_policy(kind)
+    pre = random_episodes(3, 2, 6, seed=11)
+    memory = random_memory(3, 4, seed=12) if policy.uses_context else None
+    params = leaf_params(policy)
+    results = {}
+    for chunk in (0, 1, 2):
+        learner = MAMLTRPO(policy, MAMLConfig(inner_lr=0.3, num_inner_steps=num_inner_steps, task_chunk=chunk))
+        for create_graph in (False, True):
+            fast = learner.adapt(pre, params, create_graph=create_graph, memory=memory)
+            results[chunk, create_graph] = {k: v.detach() for k, v in fast.items()}
+            assert all(v.shape == (3, *params[k].shape) for k, v in fast.items())
+
+    # The reference: one task at a time, shared (not per-task) parameters, an explicit gradient step.
+    learner = MAMLTRPO(policy, MAMLConfig(inner_lr=0.3, num_inner_steps=num_inner_steps))
+    names = list(params)
+    for task in range(3):
+        episodes = pre.task(task)
+        task_memory = (
+            None if memory is None else Memory(memory.transitions[task : task + 1], memory.mask[task : task + 1])
+        )
+        fast = dict(params)
+        for _ in range(num_inner_steps):
+            loss = learner.inner_loss(fast, episodes, task_memory).sum()
+            grads = torch.autograd.grad(loss, [fast[k] for k in names])
+            fast = {k: fast[k] - 0.3 * g for k, g in zip(names, grads, strict=True)}
+        for key, batched in results.items():
+            for name in names:
+                torch.testing.assert_close(
+                    batched[name][task], fast[name].detach(), rtol=0, atol=1e-10, msg=f"{key} {name}"
+                )
+
+
+# ---------------------------------------------------------------------------- 3. Fisher-vector product
+
+
+@pytest.mark.parametrize(
+    ("kind", "curvature", "first_order", "num_inner_steps"),
+    [
+        ("mlp", "exact", False, 1),
+        ("mlp", "exact", False, 2),
+        ("mlp", "adapted", False, 1),
+        ("mlp", "exact", True, 1),  # first order: the exact curvature falls back to the adapted one
+        ("attention", "exact", False, 1),
+        ("attention", "adapted", False, 1),
+    ],
+)
+def test_fisher_vector_product_equals_kl_hessian(
+    kind: str, curvature: str, first_order: bool, num_inner_steps: int
+) -> None:
+    problem = Problem(
+        kind,
+        inner_lr=0.3,
+        fvp_curvature=curvature,
+        first_order=first_order,
+        num_inner_steps=num_inner_steps,
+        cg_damping=1e-3,
+    )
+    learner, policy, pre, post, memory = problem.learner, problem.policy, problem.pre, problem.post, problem.memory
+    through_inner_loop = curvature == "exact" and not first_order
+    theta = problem.theta()
+
+    old_fast = learner.adapt(pre, leaf_params(policy), create_graph=False)
+    with torch.no_grad():
+        old_dist = policy.episode_distribution({k: v.detach() for k, v in old_fast.items()}, post, memory)
+
+    def kl(vector: Tensor) -> Tensor:
+        fast = learner.adapt(pre, problem.unflatten(vector), create_graph=through_inner_loop)
+        return learner.mean_kl(old_dist, policy.episode_distribution(fast, post, memory), post)
+
+    hessian = torch.autograd.functional.hessian(kl, theta, vectorize=True)
+    assert float(kl(theta.clone().requires_grad_(True)).detach()) == pytest.approx(0.0, abs=1e-12)
+    product = learner._fisher_vector_product(pre, post, memory, problem.names)
+    generator = torch.Generator().manual_seed(21)
+    for _ in range(3):
+        vector = torch.randn(theta.numel(), generator=generator, dtype=DTYPE)
+        expected = hessian @ vector + 1e-3 * vector
+        torch.testing.assert_close(product(vector), expected, rtol=1e-9, atol=1e-10)
+    # The two curvatures really differ (else the exact one tests nothing).
+    if through_inner_loop:
+
+        def adapted_kl(vector: Tensor) -> Tensor:
+            fast = learner.adapt(pre, problem.unflatten(vector), create_graph=False)
+            return learner.mean_kl(old_dist, policy.episode_distribution(fast, post, memory), post)
+
+        adapted = torch.autograd.functional.hessian(adapted_kl, theta, vectorize=True)
+        assert float((hessian - adapted).norm() / hessian.norm()) > 1e-3
+
+
+def test_fisher_vector_product_of_the_first_tasks() -> None:
+    """``fvp_tasks=1``: the Hessian of the first task's KL alone."""
+    problem = Problem("mlp", inner_lr=0.3, fvp_tasks=1, fvp_curvature="exact", cg_damping=0.0)
+    pre, post = problem.pre.task(0), problem.post.task(0)
+    learner, policy = problem.learner, problem.policy
+    with torch.enable_grad():
+        old_fast = learner.adapt(pre, leaf_params(policy), create_graph=False)
+    with torch.no_grad():
+        old_dist = policy.episode_distribution({k: v.detach() for k, v in old_fast.items()}, post)
+
+    def kl(vector: Tensor) -> Tensor:
+        fast = learner.adapt(pre, problem.unflatten(vector), create_graph=True)
+        return learner.mean_kl(old_dist, policy.episode_distribution(fast, post), post)
+
+    hessian = torch.autograd.functional.hessian(kl, problem.theta(), vectorize=True)
+    vector = torch.randn(len(hessian), generator=torch.Generator().manual_seed(3), dtype=DTYPE)
+    product = learner._fisher_vector_product(problem.pre, problem.post, None, problem.names)
+    torch.testing.assert_close(product(vector), hessian @ vector, rtol=1e-9, atol=1e-10)
+
+
+# ---------------------------------------------------------------------------- 4. conjugate gradient
+
+
+def random_spd(n: int, seed: int) -> Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    m = torch.randn(n, n, generator=generator, dtype=DTYPE)
+    return m @ m.T + 0.5 * torch.eye(n, dtype=DTYPE)
+
+
+def test_conjugate_gradient_solves_an_spd_system() -> None:
+    a = random_spd(10, seed=0)
+    b = torch.randn(10, generator=torch.Generator().manual_seed(1), dtype=DTYPE)
+    x = conjugate_gradient(lambda v: a @ v, b, iterations=100, tol=1e-28)
+    torch.testing.assert_close(x, torch.linalg.solve(a, b), rtol=1e-8, atol=1e-10)
+    # n iterations solve an n x n system (up to rounding); fewer leave a residual.
+    torch.testing.assert_close(
+        conjugate_gradient(lambda v: a @ v, b, iterations=10), torch.linalg.solve(a, b), rtol=1e-6, atol=1e-8
+    )
+    assert float((a @ conjugate_gradient(lambda v: a @ v, b, iterations=3) - b).norm()) > 1e-3
+
+
+def test_conjugate_gradient_stops_early_on_tol() -> None:
+    # Three distinct eigenvalues: exact CG converges in 3 products, then the residual is ~0 < tol.
+    a = torch.diag(torch.tensor([1.0, 1.0, 1.0, 2.0, 2.0, 2.0, 2.0, 5.0, 5.0, 5.0], dtype=DTYPE))
+    b = torch.randn(10, generator=torch.Generator().manual_seed(2), dtype=DTYPE)
+    calls = []
+
+    def matvec(v: Tensor) -> Tensor:
+        calls.append(1)
+        return a @ v
+
+    x = conjugate_gradient(matvec, b, iterations=10, tol=1e-20)
+    assert len(calls) == 3
+    torch.testing.assert_close(x, b / torch.diagonal(a), rtol=1e-12, atol=1e-12)
+    # A right-hand side already within tol: no product at all, x = 0.
+    calls.clear()
+    assert torch.equal(
+        conjugate_gradient(matvec, torch.full((10,), 1e-6, dtype=DTYPE), iterations=10, tol=1e-10),
+        torch.zeros(10, dtype=DTYPE),
+    )
+    assert calls == []
+
+
+# ---------------------------------------------------------------------------- 5. line search
+
+
+def test_line_search_returns_zero_when_nothing_is_accepted() -> None:
+    tried = []
+
+    def evaluate(fraction: float) -> tuple[float, float]:
+        tried.append(fraction)
+        return 1.0, 1.0  # improves, but always beyond the KL bound
+
+    assert backtracking_line_search(evaluate, max_kl=0.1, max_steps=4, backtrack_ratio=0.5) == (0.0, 4)
+    assert tried == [1.0, 0.5, 0.25, 0.125]
+    # Within the bound but never improving: also rejected.
+    assert backtracking_line_search(lambda f: (-1.0, 0.0), max_kl=0.1, max_steps=3) == (0.0, 3)
+    assert backtracking_line_search(lambda f: (0.0, 0.0), max_kl=0.1, max_steps=3) == (0.0, 3)
+
+
+def test_line_search_accepts_the_first_fraction_within_the_bound() -> None:
+    # kl = fraction: fractions 1, .8, .64, .512, .4096 -> .4096 is the first with kl <= 0.5.
+    fraction, steps = backtracking_line_search(lambda f: (1.0, f), max_kl=0.5, max_steps=15, backtrack_ratio=0.8)
+    assert steps == 5 and fraction == pytest.approx(0.8**4)
+    # Improvement must be positive; the KL bound is inclusive.
+    fraction, steps = backtracking_line_search(
+        lambda f: (0.9 - f, 0.25), max_kl=0.25, max_steps=10, backtrack_ratio=0.8
+    )
+    assert (fraction, steps) == (0.8, 2)
+    assert backtracking_line_search(lambda f: (1.0, 0.0), max_kl=0.25) == (1.0, 1)
+
+
+def test_step_restores_the_old_parameters_when_no_step_is_accepted(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every fraction is rejected (KL reported infinite after the real move): the parameters come back bit for bit.
+
+    (A tiny ``max_kl`` does not force this: the full step is scaled to ``max_kl`` and is accepted.)
+    """
+    import agents.maml_trpo as maml_trpo
+
+    problem = Problem("mlp", inner_lr=0.1, line_search_steps=3)
+    before = {k: v.detach().clone() for k, v in problem.policy.params().items()}
+    moved = []
+    real_search = maml_trpo.backtracking_line_search
+
+    def rejecting_search(evaluate: Callable[[float], tuple[float, float]], *args: object) -> tuple[float, int]:
+        def reject(fraction: float) -> tuple[float, float]:
+            improvement, _ = evaluate(fraction)  # moves the parameters
+            moved.append(any(not torch.equal(v, before[k]) for k, v in problem.policy.params().items()))
+            return improvement, float("inf")
+
+        return real_search(reject, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(maml_trpo, "backtracking_line_search", rejecting_search)
+    metrics = problem.learner.step(problem.pre, problem.post, problem.memory)
+    assert moved == [True, True, True], "the line search never moved the parameters: the restore is untested"
+    assert metrics["step_accepted"] == 0.0
+    assert metrics["line_search_steps"] == 3.0
+    assert metrics["kl"] == 0.0 and metrics["surrogate_improvement"] == 0.0
+    for name, value in problem.policy.params().items():
+        assert torch.equal(value, before[name]), name
+        assert isinstance(value, torch.nn.Parameter) and value.requires_grad
+
+
+def test_accepted_step_reports_its_kl_and_improvement() -> None:
+    problem = Problem("mlp", inner_lr=0.1, max_kl=1e-3)
+    learner, policy, pre, post = problem.learner, problem.policy, problem.pre, problem.post
+    advantages = policy_gradient_advantages(post, learner.config.gamma, learner.config.gae_lambda)
+    with torch.enable_grad():
+        old_fast = {k: v.detach() for k, v in learner.adapt(pre, leaf_params(policy), create_graph=False).items()}
+    with torch.no_grad():
+        old_dist = policy.episode_distribution(old_fast, post)
+        old_log_prob = old_dist.log_prob(post.actions)
+    metrics = learner.step(pre, post)
+    assert metrics["step_accepted"] == 1.0
+    with torch.enable_grad():
+        new_fast = {k: v.detach() for k, v in learner.adapt(pre, leaf_params(policy), create_graph=False).items()}
+    with torch.no_grad():
+        surrogate, new_dist = learner.surrogate(new_fast, post, old_log_prob, advantages, None)
+        kl = float(learner.mean_kl(old_dist, new_dist, post))
+    assert 0.0 < kl <= 1e-3
+    assert metrics["kl"] == pytest.approx(kl, rel=1e-9)
+    assert metrics["surrogate_improvement"] == pytest.approx(float(surrogate) - metrics["surrogate_before"], rel=1e-9)
+    assert metrics["surrogate_improvement"] > 0
+
+
+# ---------------------------------------------------------------------------- 6. returns, GAE, baseline
+
+
+def reference_gae(rewards: Tensor, values: Tensor, mask: Tensor, gamma: float, lam: float) -> Tensor:
+    """Per slot, per step: sum_l (gamma lam)^l delta_{t+l} over the episode, V after its end = 0."""
+    horizon, slots = rewards.shape
+    out = torch.zeros_like(rewards)
+    for b in range(slots):
+        length = int(mask[:, b].sum())
+        for t in range(length):
+            total = 0.0
+            for k in range(t, length):
+                next_value = float(values[k + 1, b]) if k + 1 < length else 0.0
+                delta = float(rewards[k, b]) + gamma * next_value - float(values[k, b])
+                total += (gamma * lam) ** (k - t) * delta
+            out[t, b] = total
+    return out
+
+
+def reference_returns(rewards: Tensor, mask: Tensor, gamma: float) -> Tensor:
+    horizon, slots = rewards.shape
+    out = torch.zeros_like(rewards)
+    for b in range(slots):
+        length = int(mask[:, b].sum())
+        for t in range(length):
+            out[t, b] = sum(gamma ** (k - t) * float(rewards[k, b]) for k in range(t, length))
+    return out
+
+
+def random_rewards_values_mask(seed: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Rewards and values with garbage after each episode's end (the mask alone says what counts)."""
+    episodes = random_episodes(2, 3, 9, seed=seed, lengths=[9, 4, 1, 9, 6, 2])
+    generator = torch.Generator().manual_seed(seed + 100)
+    values = torch.randn(9, 6, generator=generator, dtype=DTYPE)
+    garbage = torch.randn(9, 6, generator=generator, dtype=DTYPE) * (1 - episodes.mask)
+    return episodes.rewards + garbage, values, episodes.mask
+
+
+@pytest.mark.parametrize(("gamma", "lam"), [(0.99, 1.0), (0.9, 0.95), (0.5, 0.0), (1.0, 0.7)])
+def test_gae_and_returns_match_loop_references(gamma: float, lam: float) -> None:
+    rewards, values, mask = random_rewards_values_mask(seed=30)
+    torch.testing.assert_close(
+        gae(rewards, values, mask, gamma, lam), reference_gae(rewards, values, mask, gamma, lam), rtol=0, atol=1e-12
+    )
+    torch.testing.assert_close(
+        discounted_returns(rewards, mask, gamma), reference_returns(rewards, mask, gamma), rtol=0, atol=1e-12
+    )
+
+
+def test_gae_known_answers() -> None:
+    ones, zeros, full = torch.ones(3, 1, dtype=DTYPE), torch.zeros(3, 1, dtype=DTYPE), torch.ones(3, 1, dtype=DTYPE)
+    expected = torch.tensor([[1.75], [1.5], [1.0]], dtype=DTYPE)
+    torch.testing.assert_close(gae(ones, zeros, full, 0.5, 1.0), expected, rtol=0, atol=1e-15)
+    torch.testing.assert_close(discounted_returns(ones, full, 0.5), expected, rtol=0, atol=1e-15)
+    # rewards [1, 2], values [0.5, 1], gamma 0.9, lambda 0.5:
+    # delta_1 = 2 - 1 = 1, delta_0 = 1 + 0.9 * 1 - 0.5 = 1.4, A_0 = 1.4 + 0.45 * 1 = 1.85.
+    advantages = gae(
+        torch.tensor([[1.0], [2.0]], dtype=DTYPE),
+        torch.tensor([[0.5], [1.0]], dtype=DTYPE),
+        torch.ones(2, 1, dtype=DTYPE),
+        0.9,
+        0.5,
+    )
+    torch.testing.assert_close(advantages, torch.tensor([[1.85], [1.0]], dtype=DTYPE), rtol=0, atol=1e-15)
+    # An episode that ended after step 1: no bootstrapping from the masked step, zeros after.
+    mask = torch.tensor([[1.0], [1.0], [0.0]], dtype=DTYPE)
+    rewards = torch.tensor([[1.0], [1.0], [0.0]], dtype=DTYPE)
+    torch.testing.assert_close(
+        gae(rewards, torch.full((3, 1), 7.0, dtype=DTYPE), mask, 0.5, 1.0),
+        torch.tensor([[1.5 - 7.0], [1.0 - 7.0], [0.0]], dtype=DTYPE),
+    )
+
+
+def test_gae_with_lambda_one_is_returns_minus_values() -> None:
+    rewards, values, mask = random_rewards_values_mask(seed=31)
+    returns = discounted_returns(rewards, mask, 0.97)
+    torch.testing.assert_close(gae(rewards, torch.zeros_like(values), mask, 0.97, 1.0), returns, rtol=0, atol=1e-12)
+    torch.testing.assert_close(gae(rewards, values, mask, 0.97, 1.0), (returns - values) * mask, rtol=0, atol=1e-12)
+
+
+def linear_target_problem(horizon: int, lengths: list[int] | None, gamma: float) -> tuple[Episodes, Tensor, Tensor]:
+    """Observations, rewards and the target: per task, the discounted returns are exactly features @ w_task."""
+    num_tasks, per_task = 2, 4
+    episodes = random_episodes(num_tasks, per_task, horizon, seed=40, lengths=lengths)
+    observations = episodes.observations * 0.5
+    features = baseline_features(observations, episodes.mask)
+    weights = torch.randn(num_tasks, features.shape[-1], generator=torch.Generator().manual_seed(41), dtype=DTYPE)
+    task = torch.arange(num_tasks * per_task) // per_task
+    target = torch.einsum("tbf,bf->tb", features, weights[task]) * episodes.mask
+    next_target = torch.cat([target[1:], torch.zeros_like(target[:1])])
+    rewards = (target - gamma * next_target) * episodes.mask
+    torch.testing.assert_close(discounted_returns(rewards, episodes.mask, gamma), target, rtol=0, atol=1e-12)
+    return (
+        Episodes(observations, episodes.actions, rewards, episodes.next_observations, episodes.mask, num_tasks),
+        target,
+        weights,
+    )
+
+
+def test_linear_baseline_recovers_a_linear_target() -> None:
+    """One fit per task; without the ridge term the fit is exact, with rllab's 1e-5 ridge nearly so."""
+    gamma = 0.9
+    episodes, target, _ = linear_target_problem(40, [40, 25, 33, 40, 12, 40, 38, 40], gamma)
+    values = fit_linear_baseline(episodes.observations, episodes.rewards, episodes.mask, 2, gamma, reg_coeff=0.0)
+    torch.testing.assert_close(values, target, rtol=0, atol=1e-6)
+    # The default ridge biases the fit by ~reg / (smallest eigenvalue of the Gram matrix): with a
+    # family's horizon (200 steps; t = step / 100 spans [0, 2)) that stays below 1e-6 of the target.
+    episodes, target, _ = linear_target_problem(200, None, gamma)
+    values = fit_linear_baseline(episodes.observations, episodes.rewards, episodes.mask, 2, gamma)
+    torch.testing.assert_close(values, target, rtol=0, atol=1e-6 * float(target.abs().max()))
+    assert torch.equal(values[episodes.mask == 0], torch.zeros(int((episodes.mask == 0).sum()), dtype=DTYPE))
+
+
+def test_linear_baseline_on_wide_features_terminates() -> None:
+    """Regression: a batched LU solve of > ~150 features hung (MKL DLASWP errors) with 2+ torch threads.
+
+    Ant's 105-dimensional observations give 214 baseline features, so every
+    ant_dir/ant_goal meta-iteration hung in ``fit_linear_baseline``. Run in a
+    child process with a timeout, so a hang fails this test instead of the suite.
+    """
+    code = textwrap.dedent(
+        """
+        import sys, torch
+        sys.path.insert(0, sys.argv[1])
+        from metarl.baseline import fit_linear_baseline
+        torch.set_num_threads(2)
+        g = torch.Generator().manual_seed(0)
+        T, N, E, obs_dim = 30, 2, 1, 105
+        obs = torch.randn(T, N * E, obs_dim, generator=g, dtype=torch.float64)
+        rewards = torch.randn(T, N * E, generator=g, dtype=torch.float64)
+        mask = torch.ones(T, N * E, dtype=torch.float64)
+        values = fit_linear_baseline(obs, rewards, mask, N, 0.99)
+        assert torch.isfinite(values).all()
+        print("ok")
+        """
+    )
+    try:
+        result = subprocess.run([sys.executable, "-c", code, str(ROOT)], capture_output=True, text=True, timeout=10)
+    except subprocess.TimeoutExpired:
+        result = None
+    if result is None:
+        pytest.fail("fit_linear_baseline hung on 214 features x 2 tasks with 2 torch threads (batched LU solve)")
+    assert result.returncode == 0 and "ok" in result.stdout, result.stderr[-2000:]
+
+
+# ---------------------------------------------------------------------------- 7. build_memory
+
+
+def memory_episodes() -> Episodes:
+    return random_episodes(2, 2, 6, seed=50, lengths=[6, 2, 3, 1])  # task 0: 8 valid steps, task 1: 4
+
+
+def valid_rows(episodes: Episodes, task: int) -> Tensor:
+    part = episodes.task(task)
+    feats = transition_features(part.observations, part.actions, part.rewards, part.next_observations)
+    return feats[part.mask > 0]
+
+
+def is_row_of(row: Tensor, rows: Tensor) -> bool:
+    return bool((rows == row).all(dim=1).any())
+
+
+def test_build_memory_keeps_only_valid_transitions_up_to_size() -> None:
+    episodes = memory_episodes()
+    memory = build_memory(episodes, 5, torch.Generator().manual_seed(0))
+    assert memory.transitions.shape == (2, 5, 2 * OBS_DIM + ACT_DIM + 1) and memory.mask.shape == (2, 5)
+    assert memory.mask[0].tolist() == [1.0] * 5  # 8 valid -> a subset of 5
+    assert memory.mask[1].tolist() == [1.0] * 4 + [0.0]  # 4 valid -> all of them, then padding
+    assert torch.equal(memory.transitions[1, 4], torch.zeros_like(memory.transitions[1, 4]))
+    for task in range(2):
+        rows = valid_rows(episodes, task)
+        kept = memory.transitions[task][memory.mask[task] > 0]
+        assert all(is_row_of(row, rows) for row in kept)
+        assert len(torch.unique(kept, dim=0)) == len(kept)  # no duplicates
+    assert torch.equal(
+        torch.sort(memory.transitions[1, :4], dim=0).values, torch.sort(valid_rows(episodes, 1), dim=0).values
+    )
+    with pytest.raises(ValueError, match="memory size"):
+        build_memory(episodes, 0, torch.Generator())
+
+
+def test_build_memory_is_reproducible_from_the_generator() -> None:
+    episodes = memory_episodes()
+    first = build_memory(episodes, 3, torch.Generator().manual_seed(7))
+    again = build_memory(episodes, 3, torch.Generator().manual_seed(7))
+    assert torch.equal(first.transitions, again.transitions) and torch.equal(first.mask, again.mask)
+    subsets = {
+        tuple(build_memory(episodes, 3, torch.Generator().manual_seed(s)).transitions[0, :, 0].tolist())
+        for s in range(8)
+    }
+    assert len(subsets) > 1, "the subset never depends on the generator"
+
+
+def test_build_memory_merges_the_previous_memory() -> None:
+    episodes = memory_episodes()
+    previous = build_memory(
+        random_episodes(2, 2, 6, seed=51, lengths=[2, 0, 1, 1]), 4, torch.Generator().manual_seed(0)
+    )
+    assert previous.mask.sum(dim=1).tolist() == [2.0, 2.0]
+    merged = build_memory(episodes, 16, torch.Generator().manual_seed(0), previous=previous)
+    assert merged.mask.sum(dim=1).tolist() == [10.0, 6.0]  # 2 + 8, 2 + 4: every valid row of both
+    for task in range(2):
+        assert torch.equal(merged.transitions[task, :2], previous.transitions[task, :2])  # the earlier rows first
+        rows = valid_rows(episodes, task)
+        assert all(is_row_of(row, merged.transitions[task, 2 : int(merged.mask[task].sum())]) for row in rows)
+    # Over the size: a subset of the union.
+    small = build_memory(episodes, 5, torch.Generator().manual_seed(0), previous=previous)
+    assert small.mask.sum(dim=1).tolist() == [5.0, 5.0]
+    for task in range(2):
+        union = torch.cat([previous.transitions[task][previous.mask[task] > 0], valid_rows(episodes, task)])
+        assert all(is_row_of(row, union) for row in small.transitions[task])
+
+
+# ---------------------------------------------------------------------------- 8. sampling
+
+
+def point_nav_setup(num_tasks: int = 2) -> tuple[envs.TaskFamily, list[envs.Task], GaussianMLPPolicy]:
+    family = envs.make("point_nav")
+    tasks = family.sample_tasks(np.random.default_rng(0), num_tasks)
+    torch.manual_seed(0)
+    policy = GaussianMLPPolicy(family.observation_dim, family.action_dim, hidden_sizes=(8,))
+    return family, tasks, policy
+
+
+def shared_params(policy: Policy) -> Params:
+    return {k: v.detach() for k, v in policy.params().items()}
+
+
+def episodes_equal(a: Episodes, b: Episodes) -> bool:
+    return a.num_tasks == b.num_tasks and all(
+        torch.equal(getattr(a, f), getattr(b, f))
+        for f in ("observations", "actions", "rewards", "next_observations", "mask")
+    )
+
+
+def test_sampling_is_reproducible_and_well_formed() -> None:
+    family, tasks, policy = point_nav_setup()
+    params = shared_params(policy)
+
+    def run(seed: int) -> Episodes:
+        return sample(family.batch(tasks, 2, seed=0), policy, params, 2, torch.Generator().manual_seed(seed))
+
+    first, again, other = run(3), run(3), run(4)
+    assert episodes_equal(first, again)
+    assert not torch.equal(first.actions, other.actions)
+    horizon, slots = family.horizon, 4
+    assert first.observations.shape == (horizon, slots, 2) and first.next_observations.shape == (horizon, slots, 2)
+    assert first.actions.shape == (horizon, slots, 2)
+    assert first.rewards.shape == (horizon, slots) and first.mask.shape == (horizon, slots)
+    assert torch.equal(first.mask, torch.ones(horizon, slots))  # point_nav never terminates early
+    assert torch.equal(first.observations[1:], first.next_observations[:-1])
+    assert torch.equal(first.observations[0], torch.zeros(slots, 2))
+
+    # Rewards are the simulator's: replay the actions through a fresh simulator and a single env.
+    sim = family.batch(tasks, 2, seed=0)
+    sim.reset()
+    for t in range(horizon):
+        result = sim.step(first.actions[t].double().numpy())
+        assert torch.equal(first.rewards[t], torch.as_tensor(result.reward, dtype=torch.float32))
+        assert torch.equal(first.next_observations[t], torch.as_tensor(result.obs, dtype=torch.float32))
+    env = family.make_env(tasks[1])
+    env.reset(seed=0)
+    for t in range(horizon):
+        _, reward, *_ = env.step(first.actions[t, 2].double().numpy())
+        assert float(first.rewards[t, 2]) == pytest.approx(reward, rel=1e-6, abs=1e-7)
+
+
+def test_sampling_with_per_task_params_uses_each_tasks_params() -> None:
+    family, tasks, policy = point_nav_setup(num_tasks=2)
+    per_task = {k: v.clone() for k, v in expand_params(shared_params(policy), 2).items()}
+    per_task["log_std"][0] = -6.0  # task 0: almost deterministic
+    per_task["log_std"][1] = 3.0  # task 1: std 20
+    per_task["layers.1.bias"][1] += torch.tensor([0.05, -0.03])  # task 1's own mean
+    episodes = sample(family.batch(tasks, 3, seed=0), policy, per_task, 2, torch.Generator().manual_seed(0))
+    task_of_slot = [0, 0, 0, 1, 1, 1]
+    for slot, task in enumerate(task_of_slot):
+        own = {k: v[task] for k, v in per_task.items()}
+        noise = (episodes.actions[:, slot] - policy.mean(own, episodes.observations[:, slot])).std()
+        expected = float(torch.exp(per_task["log_std"][task][0]))
+        assert float(noise) == pytest.approx(expected, rel=0.25), (slot, task)
+
+    deterministic = sample(family.batch(tasks, 3, seed=0), policy, per_task, 2, torch.Generator(), deterministic=True)
+    for slot, task in enumerate(task_of_slot):
+        own = {k: v[task] for k, v in per_task.items()}
+        mean = policy.mean(own, deterministic.observations[:, slot])
+        torch.testing.assert_close(deterministic.actions[:, slot], mean, rtol=1e-6, atol=1e-7)
+        other = {k: v[1 - task] for k, v in per_task.items()}
+        assert not torch.allclose(
+            deterministic.actions[:, slot], policy.mean(other, deterministic.observations[:, slot])
+        )

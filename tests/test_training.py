@@ -1,0 +1,363 @@
+"""End to end, in process: ``scripts/meta_train.main`` on tiny runs (DESIGN.md, "End to end in-process").
+
+- same seed, same parameters; another seed, other parameters;
+- a resumed run equals an uninterrupted one (parameters, RNG states, metrics);
+- checkpoints are written atomically; a corrupt one is reported as such;
+- bad inputs exit with status 2 and one line on stderr, touching nothing;
+- a diverged run exits with status 1 and keeps the last good checkpoint;
+- one tiny meta-iteration on every task family.
+"""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import math
+import os
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+import torch
+
+import envs
+from agents.factory import make_learner, make_policy
+from agents.maml_trpo import MAMLTRPO
+from metarl import checkpoint
+from metarl.checkpoint import CheckpointError
+from metarl.config import TrainConfig
+from metarl.sampling import sample
+from metarl.training import CHECKPOINT, MetaTrainer
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "scripts" / "meta_train.py"
+
+
+def load_script() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("meta_train_script", SCRIPT)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+meta_train = load_script()
+
+TINY = ["--policy", "mlp", "--hidden-sizes", "8", "--device", "cpu", "--no-progress"]
+
+
+def tiny_args(
+    out: Path, env: str = "point_nav", iterations: int = 2, seed: int = 1, meta_batch: int = 3, episodes: int = 2
+) -> list[str]:
+    return [
+        "--env",
+        env,
+        "--iterations",
+        str(iterations),
+        "--meta-batch-size",
+        str(meta_batch),
+        "--episodes-per-task",
+        str(episodes),
+        "--seed",
+        str(seed),
+        "--out",
+        str(out),
+        *TINY,
+    ]
+
+
+def train(out: Path, *extra: str, **kwargs: Any) -> int:
+    return int(meta_train.main([*tiny_args(out, **kwargs), *extra]))
+
+
+def policy_tensors(run_dir: Path, name: str = CHECKPOINT) -> dict[str, torch.Tensor]:
+    return checkpoint.load(run_dir / name)["policy"]
+
+
+def same_tensors(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def metric_rows(run_dir: Path) -> list[dict[str, str]]:
+    with (run_dir / "metrics.csv").open() as f:
+        return list(csv.DictReader(f))
+
+
+def deterministic_columns(row: dict[str, str]) -> dict[str, str]:
+    """Every metric but the timings (returns, TRPO statistics)."""
+    return {k: v for k, v in row.items() if not k.startswith(("time/", "speed/"))}
+
+
+def snapshot(directory: Path) -> dict[str, tuple[int, bytes]]:
+    """``relative path -> (mtime_ns, contents)`` of every file under ``directory``."""
+    return {
+        str(p.relative_to(directory)): (p.stat().st_mtime_ns, p.read_bytes())
+        for p in sorted(directory.rglob("*"))
+        if p.is_file()
+    }
+
+
+@pytest.fixture(autouse=True)
+def _in_tmp_dir(in_tmp_dir: Path) -> None:
+    """Every test runs in its temporary directory (MuJoCo writes MUJOCO_LOG.TXT to the cwd; runs/ default)."""
+
+
+# ---------------------------------------------------------------------------- 9. determinism
+
+
+def test_same_seed_gives_identical_parameters(tmp_path: Path) -> None:
+    assert train(tmp_path / "a") == 0
+    assert train(tmp_path / "b") == 0
+    assert train(tmp_path / "c", seed=2) == 0
+    a, b, c = (policy_tensors(tmp_path / name) for name in "abc")
+    assert same_tensors(a, b)
+    assert a.keys() == c.keys() and not torch.equal(a["layers.0.weight"], c["layers.0.weight"])
+    rows_a, rows_b = metric_rows(tmp_path / "a"), metric_rows(tmp_path / "b")
+    assert [r["iteration"] for r in rows_a] == ["0", "1"]
+    assert [deterministic_columns(r) for r in rows_a] == [deterministic_columns(r) for r in rows_b]
+    state = checkpoint.load(tmp_path / "a" / CHECKPOINT)
+    assert state["iteration"] == 2
+    # The run really trained: the parameters moved away from the seed's initialisation.
+    assert any(r["trpo/step_accepted"] == "1.0" for r in rows_a)
+
+
+# ---------------------------------------------------------------------------- 10. resume, checkpoints
+
+
+def test_resume_equals_an_uninterrupted_run(tmp_path: Path) -> None:
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    assert train(straight, iterations=3) == 0
+    assert train(resumed, iterations=2) == 0
+    assert checkpoint.load(resumed / CHECKPOINT)["iteration"] == 2
+    assert meta_train.main(["--resume", str(resumed), "--iterations", "3", "--no-progress"]) == 0
+
+    a, b = checkpoint.load(straight / CHECKPOINT), checkpoint.load(resumed / CHECKPOINT)
+    assert a["iteration"] == b["iteration"] == 3
+    assert same_tensors(a["policy"], b["policy"])
+    assert torch.equal(a["torch_rng"], b["torch_rng"])
+    assert a["numpy_rng"] == b["numpy_rng"]
+    rows_a, rows_b = metric_rows(straight), metric_rows(resumed)
+    assert [r["iteration"] for r in rows_b] == ["0", "1", "2"]  # no duplicated or missing rows
+    for row_a, row_b in zip(rows_a, rows_b, strict=True):
+        assert row_a["returns/pre"] == row_b["returns/pre"] and row_a["returns/post"] == row_b["returns/post"]
+        assert deterministic_columns(row_a) == deterministic_columns(row_b)
+    assert (resumed / "checkpoint_00003.pt").is_file()
+
+
+def test_checkpoint_save_is_atomic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "ckpt" / "checkpoint.pt"
+    checkpoint.save(path, {"iteration": 1, "x": torch.arange(3)})
+    checkpoint.save(path, {"iteration": 2, "x": torch.arange(4)})
+    assert sorted(os.listdir(path.parent)) == ["checkpoint.pt"]  # no temporary files left
+    assert checkpoint.load(path)["iteration"] == 2
+
+    def failing_save(state: Any, f: Any, *args: Any, **kwargs: Any) -> None:
+        f.write(b"half a checkpoint")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", failing_save)
+    with pytest.raises(OSError, match="disk full"):
+        checkpoint.save(path, {"iteration": 3})
+    monkeypatch.undo()
+    assert sorted(os.listdir(path.parent)) == ["checkpoint.pt"]
+    state = checkpoint.load(path)
+    assert state["iteration"] == 2 and torch.equal(state["x"], torch.arange(4))
+
+
+def test_checkpoint_load_reports_bad_files(tmp_path: Path) -> None:
+    good = tmp_path / "good.pt"
+    checkpoint.save(good, {"iteration": 0, "policy": {"w": torch.randn(100)}})
+    garbage, truncated, foreign = tmp_path / "garbage.pt", tmp_path / "truncated.pt", tmp_path / "foreign.pt"
+    garbage.write_bytes(b"this is not a checkpoint")
+    truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    torch.save([1, 2, 3], foreign)
+    for path in (garbage, truncated):
+        with pytest.raises(CheckpointError, match="corrupt"):
+            checkpoint.load(path)
+    with pytest.raises(CheckpointError, match="not a metarl checkpoint"):
+        checkpoint.load(foreign)
+    with pytest.raises(CheckpointError, match="no checkpoint"):
+        checkpoint.load(tmp_path / "missing.pt")
+
+
+# ---------------------------------------------------------------------------- 11. bad inputs
+
+
+def assert_one_line_error(capsys: pytest.CaptureFixture[str], *fragments: str) -> str:
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1, f"expected one line on stderr, got: {captured.err!r}"
+    assert lines[0].startswith("meta_train: error:"), lines[0]
+    for fragment in fragments:
+        assert fragment in lines[0], (fragment, lines[0])
+    assert "Traceback" not in captured.err
+    return lines[0]
+
+
+@pytest.mark.parametrize(
+    ("flags", "fragments"),
+    [
+        (["--env", "no_such_env"], ["no_such_env", *envs.names()]),
+        (["--policy", "transformer"], ["policy", "transformer", "attention", "mlp"]),
+        (["--meta-batch-size", "0"], ["meta-batch-size", "0"]),
+        (["--meta-batch-size", "-3"], ["meta-batch-size", "-3"]),
+        (["--inner-lr", "-0.1"], ["inner-lr", "-0.1"]),
+        (["--episodes-per-task", "0"], ["episodes-per-task"]),
+    ],
+    ids=[
+        "unknown-env",
+        "unknown-policy",
+        "zero-meta-batch",
+        "negative-meta-batch",
+        "negative-inner-lr",
+        "zero-episodes",
+    ],
+)
+def test_bad_arguments_exit_2_with_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], flags: list[str], fragments: list[str]
+) -> None:
+    out = tmp_path / "run"
+    assert meta_train.main([*tiny_args(out), *flags]) == 2
+    assert_one_line_error(capsys, *fragments)
+    assert not out.exists(), "a rejected run must not create its directory"
+    assert not (tmp_path / "runs").exists()
+
+
+def test_resume_without_a_checkpoint(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert meta_train.main(["--resume", str(empty), "--no-progress"]) == 2
+    assert_one_line_error(capsys, "no checkpoint", str(empty))
+    assert list(empty.iterdir()) == []
+
+
+def test_resume_with_a_corrupt_checkpoint(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    run = tmp_path / "run"
+    assert train(run, iterations=1) == 0
+    path = run / CHECKPOINT
+    path.write_bytes(path.read_bytes()[:200])
+    before = snapshot(run)
+    capsys.readouterr()
+    assert meta_train.main(["--resume", str(run), "--iterations", "2", "--no-progress"]) == 2
+    assert_one_line_error(capsys, "corrupt")
+    assert snapshot(run) == before
+
+
+def test_out_on_an_existing_run_overwrites_nothing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    run = tmp_path / "run"
+    assert train(run, iterations=1) == 0
+    before = snapshot(run)
+    assert "checkpoint.pt" in before and "metrics.csv" in before and "config.json" in before
+    capsys.readouterr()
+    assert train(run, iterations=1, seed=5) == 2
+    assert_one_line_error(capsys, "already holds a run", "--resume")
+    assert snapshot(run) == before
+
+
+def tiny_trainer(env: str, run_dir: Path, hidden_sizes: tuple[int, ...] = (8,)) -> MetaTrainer:
+    config = TrainConfig(
+        env=env, policy="mlp", hidden_sizes=hidden_sizes, meta_batch_size=2, episodes_per_task=1, device="cpu"
+    )
+    family = envs.make(env)
+    policy = make_policy(config, family.observation_dim, family.action_dim)
+    return MetaTrainer(config, family, policy, make_learner(config, policy), run_dir, torch.device("cpu"))
+
+
+def test_restoring_a_checkpoint_of_another_run_raises(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    assert train(run, iterations=1) == 0
+    state = checkpoint.load(run / CHECKPOINT)
+
+    trainer = tiny_trainer("half_cheetah_vel", tmp_path / "hc")
+    before = {k: v.detach().clone() for k, v in trainer.policy.params().items()}
+    with pytest.raises(CheckpointError, match="point_nav"):
+        trainer.restore(state)
+    assert same_tensors(before, {k: v.detach() for k, v in trainer.policy.params().items()})
+    assert trainer.iteration == 0
+
+    # Same env, another policy architecture.
+    with pytest.raises(CheckpointError, match="does not fit"):
+        tiny_trainer("point_nav", tmp_path / "wide", hidden_sizes=(16,)).restore(state)
+    # Same env and architecture: restores the parameters and the position in the run.
+    same = tiny_trainer("point_nav", tmp_path / "same")
+    same.restore(state)
+    assert same.iteration == 1
+    assert same_tensors({k: v.detach() for k, v in same.policy.params().items()}, state["policy"])
+
+
+# ---------------------------------------------------------------------------- 12. divergence
+
+
+@pytest.mark.parametrize("where", ["parameter", "metric"])
+def test_non_finite_values_stop_the_run_and_keep_the_last_good_checkpoint(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, where: str
+) -> None:
+    real_step = MAMLTRPO.step
+    calls = []
+
+    def diverging_step(self: MAMLTRPO, pre: Any, post: Any, memory: Any = None, **kwargs: Any) -> dict[str, float]:
+        metrics = real_step(self, pre, post, memory, **kwargs)
+        calls.append(1)
+        if len(calls) >= 2:  # the second iteration diverges
+            if where == "parameter":
+                with torch.no_grad():
+                    self.policy.params()["layers.0.weight"].view(-1)[0] = float("nan")
+            else:
+                metrics = {**metrics, "kl": float("inf")}
+        return metrics
+
+    monkeypatch.setattr(MAMLTRPO, "step", diverging_step)
+    run = tmp_path / "run"
+    assert train(run, "--checkpoint-every", "1", iterations=3) == 1
+    message = assert_one_line_error(capsys, "non-finite", "iteration 1")
+    assert ("layers.0.weight" if where == "parameter" else "trpo/kl") in message
+    state = checkpoint.load(run / CHECKPOINT)
+    assert state["iteration"] == 1
+    assert all(torch.isfinite(v).all() for v in state["policy"].values())
+    assert same_tensors(state["policy"], policy_tensors(run, "checkpoint_00001.pt"))
+    assert not (run / "checkpoint_00002.pt").exists()
+    assert [r["iteration"] for r in metric_rows(run)] == ["0"]
+
+
+# ---------------------------------------------------------------------------- 13. every family
+
+
+def check_tiny_run(run: Path, env: str) -> None:
+    state = checkpoint.load(run / CHECKPOINT)
+    assert state["iteration"] == 1 and state["config"]["env"] == env
+    assert all(torch.isfinite(v).all() for v in state["policy"].values())
+    rows = metric_rows(run)
+    assert [r["iteration"] for r in rows] == ["0"]
+    assert math.isfinite(float(rows[0]["returns/pre"])) and math.isfinite(float(rows[0]["returns/post"]))
+
+
+@pytest.mark.parametrize("env", envs.names())
+def test_one_meta_iteration_on_every_family(tmp_path: Path, capsys: pytest.CaptureFixture[str], env: str) -> None:
+    run = tmp_path / "run"
+    args = tiny_args(run, env=env, iterations=1, meta_batch=2, episodes=1)
+    assert meta_train.main(args) == 0
+    assert "done after iteration 1:" in capsys.readouterr().out
+    check_tiny_run(run, env)
+
+
+@pytest.mark.parametrize("fraction", [0.0, 1.0])
+def test_context_fraction_chooses_context_only_iterations(tmp_path: Path, fraction: float) -> None:
+    run = tmp_path / "run"
+    args = ["--policy", "attention", "--context-fraction", str(fraction)]
+    assert train(run, *args, iterations=2) == 0
+    assert [float(r["returns/context_only"]) for r in metric_rows(run)] == [fraction, fraction]
+
+
+def test_context_only_step_adapts_nothing(tmp_path: Path) -> None:
+    """With ``inner_steps=0`` the 'adapted' parameters are the meta-parameters themselves."""
+    from agents.attention import AttentionPolicy
+
+    policy = AttentionPolicy(2, 2, hidden_sizes=(8,))
+    learner = MAMLTRPO(policy)
+    family = envs.make("point_nav")
+    sim = family.batch(family.test_tasks()[:2], 2, seed=0)
+    pre = sample(sim, policy, {k: v.detach() for k, v in policy.params().items()}, 2, torch.Generator().manual_seed(0))
+    fast = learner.adapt(pre, num_steps=0)
+    for name, value in policy.params().items():
+        assert torch.equal(fast[name][0], value) and torch.equal(fast[name][1], value)
