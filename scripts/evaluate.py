@@ -1,0 +1,150 @@
+"""Measure how fast a meta-trained policy adapts to held-out tasks.
+
+    python scripts/evaluate.py runs/<run> [--split test|ood|train] [--json FILE] [--csv FILE] [--plot FILE.png]
+
+Two curves, per task and as a mean with a 95% confidence interval over tasks:
+the return after 0..--steps inner gradient steps, and the return of episode
+k = 1..--episodes when the policy may use the task's earlier episodes
+(context only, gradient only, both).
+
+--csv writes every number in long format, one per row, with the columns
+curve,mode,x,task_index,stat,value: per-task rows have stat "task", and each
+curve point also has rows with stat mean, ci95_low and ci95_high (task_index
+empty). --plot draws the curves (panel 1: return against inner steps, mean with
+its 95% CI and a faint line per task; panel 2: return of episode k per mode)
+and, for dynamics families, a third panel: each task's return before and after
+one step against its parameter (mass or friction multiplier; *_params: the mean
+log_1.5 body-mass multiplier), the training range shaded. The figure is drawn
+from the JSON report alone (metarl.plots), so it always shows the JSON numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import numpy as np  # noqa: E402
+
+from envs.dynamics import PARAM_BASES, ParamsFamily  # noqa: E402
+from metarl import checkpoint, plots  # noqa: E402
+from metarl.evaluation import EPISODE_MODES, by_episodes, by_gradient_steps, curve  # noqa: E402
+from metarl.training import torch_threads  # noqa: E402
+from scripts.runs import load_run  # noqa: E402
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("run_dir", type=Path, help="a run directory of scripts/meta_train.py")
+    p.add_argument("--split", default="test", help="held-out tasks: test (default), ood or train")
+    p.add_argument("--checkpoint", help="checkpoint file in the run directory (default: the last)")
+    p.add_argument("--steps", type=int, default=3, help="inner gradient steps of the first curve (default 3)")
+    p.add_argument("--episodes", type=int, default=10, help="episodes of experience of the second curve (default 10)")
+    p.add_argument("--episodes-per-task", type=int, help="episodes per inner step (default: the run's)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the evaluation episodes")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--json", type=Path, help="write every number to this JSON file")
+    p.add_argument("--csv", type=Path, help="write every number to this CSV file (long format, see above)")
+    p.add_argument("--plot", type=Path, help="draw the curves into this image file (e.g. eval.png)")
+    return p
+
+
+def task_parameter(family: Any, tasks: list[Any]) -> dict[str, Any] | None:
+    """Each task's dynamics parameter and the family's training range (the plot's third panel), or None."""
+    field = getattr(family, "scale_field", None)
+    if field is not None:  # *_mass, *_friction: one multiplier, log-uniform in train_range
+        values = [float(getattr(t, field)) for t in tasks]
+        label, (low, high) = field.replace("_scale", " multiplier"), family.train_range
+    elif isinstance(family, ParamsFamily):  # base**u per element, u ~ U[-3, 3] (split ood trains on U[-2, 2])
+        base, high = PARAM_BASES["body_mass"], 2.0 if family.split == "ood" else 3.0
+        values = [float(np.mean(np.log(np.asarray(t.body_mass[1:])) / np.log(base))) for t in tasks]
+        field, label, low = "mean_log_body_mass", f"mean log_{base:g} of the body-mass multipliers", -high
+    else:
+        return None
+    log_scale = field.endswith("_scale")
+    return {"name": field, "label": label, "values": values, "train_range": [low, high], "log_scale": log_scale}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        if args.steps < 0 or args.episodes < 0:
+            raise ValueError("--steps and --episodes must be >= 0")
+        if args.plot is not None:
+            plots.check_figure_path(args.plot)
+        trainer, state = load_run(args.run_dir, args.checkpoint, args.device)
+        family, policy, learner, config = trainer.family, trainer.policy, trainer.learner, trainer.config
+        tasks = family.held_out_tasks(args.split)
+    except (ValueError, checkpoint.CheckpointError) as error:
+        print(f"evaluate: error: {error}", file=sys.stderr)
+        return 2
+    per_step = args.episodes_per_task or config.episodes_per_task
+    print(f"{args.run_dir} (iteration {state['iteration']}): {len(tasks)} {args.split} tasks of {config.env}")
+    with torch_threads(1):
+        steps = by_gradient_steps(
+            family,
+            policy,
+            learner,
+            tasks,
+            args.steps,
+            per_step,
+            config.memory_size,
+            args.seed,
+            trainer.device,
+            progress=lambda m: print("  " + m, flush=True),
+        )
+        modes = EPISODE_MODES if policy.uses_context else ("gradient",)
+        episodes = {
+            mode: by_episodes(
+                family,
+                policy,
+                learner,
+                tasks,
+                args.episodes,
+                mode,
+                config.memory_size,
+                args.seed,
+                trainer.device,
+                progress=lambda m: print("  " + m, flush=True),
+            )
+            for mode in (modes if args.episodes else ())
+        }
+    report = {
+        "run_dir": str(args.run_dir),
+        "checkpoint": args.checkpoint or "checkpoint.pt",
+        "iteration": state["iteration"],
+        "command": " ".join(["python", "scripts/evaluate.py", *(argv if argv is not None else sys.argv[1:])]),
+        "config": config.to_dict(),
+        "split": args.split,
+        "tasks": [t.to_dict() for t in tasks],
+        "by_gradient_steps": curve(steps, list(range(args.steps + 1))),
+        "by_episodes": {m: curve(v, list(range(1, args.episodes + 1))) for m, v in episodes.items()},
+    }
+    parameter = task_parameter(family, tasks)
+    if parameter is not None:
+        report["task_parameter"] = parameter
+    summary = report["by_gradient_steps"]
+    print("return after k inner steps (mean [95% CI] over tasks):")
+    for k, m, lo, hi in zip(summary["x"], summary["mean"], summary["ci95_low"], summary["ci95_high"], strict=True):
+        print(f"  k={k}: {m:9.2f} [{lo:.2f}, {hi:.2f}]")
+    for mode, c in report["by_episodes"].items():
+        print(
+            f"return of episode k, {mode}: "
+            + ", ".join(f"{k}: {m:.1f}" for k, m in zip(c["x"], c["mean"], strict=True))
+        )
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(report, indent=1))
+    if args.csv:
+        plots.write_csv(report, args.csv)
+    if args.plot:
+        plots.save_figure(report, args.plot)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

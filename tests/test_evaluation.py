@@ -1,0 +1,232 @@
+"""The evaluation protocol: confidence intervals, adaptation curves, scripts/evaluate.py."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import envs
+from agents.maml_trpo import MAMLTRPO
+from agents.policies import GaussianMLPPolicy
+from metarl.config import MAMLConfig
+from metarl.evaluation import by_episodes, by_gradient_steps, curve, mean_and_ci, student_t_quantile
+from scripts import evaluate, meta_train
+
+
+@pytest.mark.parametrize(("dof", "expected"), [(1, 12.7062), (2, 4.3027), (4, 2.7764), (10, 2.2281), (39, 2.0227)])
+def test_student_t_quantile_matches_tables(dof: int, expected: float) -> None:
+    assert student_t_quantile(0.975, dof) == pytest.approx(expected, abs=1e-4)
+
+
+def test_confidence_interval_known_case() -> None:
+    mean, half = mean_and_ci(np.array([1.0, 2.0, 3.0, 4.0, 5.0]))
+    # sd = sqrt(2.5), sem = sqrt(0.5), t(0.975, 4) = 2.7764
+    assert mean == pytest.approx(3.0)
+    assert half == pytest.approx(2.7764451 * np.sqrt(0.5), rel=1e-6)
+    c = curve(np.array([[1.0, 3.0], [2.0, 2.0]]), [0, 1])
+    assert c["mean"] == [2.0, 2.0] and c["ci95_low"][1] == c["ci95_high"][1] == 2.0
+
+
+def _policy_and_learner(inner_lr: float) -> tuple[envs.TaskFamily, GaussianMLPPolicy, MAMLTRPO]:
+    family = envs.make("point_nav")
+    torch.manual_seed(0)
+    policy = GaussianMLPPolicy(2, 2, hidden_sizes=(16,))
+    return family, policy, MAMLTRPO(policy, MAMLConfig(inner_lr=inner_lr))
+
+
+def test_zero_inner_lr_gives_identical_curve_points() -> None:
+    family, policy, learner = _policy_and_learner(0.0)
+    tasks = family.test_tasks()[:4]
+    returns = by_gradient_steps(family, policy, learner, tasks, 2, 3, 8, seed=5, device=torch.device("cpu"))
+    assert returns.shape == (3, 4)
+    # per-task parameters run through a batched matmul: equal up to float32 rounding
+    np.testing.assert_allclose(returns[1], returns[0], rtol=1e-6)
+    np.testing.assert_allclose(returns[2], returns[0], rtol=1e-6)
+    family, policy, learner = _policy_and_learner(0.5)
+    adapted = by_gradient_steps(family, policy, learner, tasks, 1, 3, 8, seed=5, device=torch.device("cpu"))
+    np.testing.assert_array_equal(adapted[0], returns[0])  # same seed, same pre-adaptation episodes
+    assert np.abs(adapted[1] - adapted[0]).max() > 1e-2
+
+
+def test_episodes_gradient_mode_adapts_after_the_first_episode() -> None:
+    family, policy, learner = _policy_and_learner(0.0)
+    tasks = family.test_tasks()[:3]
+    frozen = by_episodes(family, policy, learner, tasks, 3, "gradient", 8, seed=1, device=torch.device("cpu"))
+    family, policy, learner = _policy_and_learner(0.5)
+    moving = by_episodes(family, policy, learner, tasks, 3, "gradient", 8, seed=1, device=torch.device("cpu"))
+    assert frozen.shape == moving.shape == (3, 3)
+    np.testing.assert_array_equal(frozen[0], moving[0])  # nothing to adapt on before episode 1
+    assert np.abs(frozen[1:] - moving[1:]).max() > 1e-2
+    with pytest.raises(ValueError, match="valid: context, gradient, both"):
+        by_episodes(family, policy, learner, tasks, 1, "magic", 8, seed=1, device=torch.device("cpu"))
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    run = tmp_path_factory.mktemp("runs") / "point"
+    code = meta_train.main(
+        [
+            "--env",
+            "point_nav",
+            "--policy",
+            "attention",
+            "--iterations",
+            "1",
+            "--meta-batch-size",
+            "2",
+            "--episodes-per-task",
+            "2",
+            "--out",
+            str(run),
+            "--no-progress",
+        ]
+    )
+    assert code == 0
+    return run
+
+
+def test_evaluate_writes_consistent_json(tiny_run: Path, tmp_path: Path) -> None:
+    out = tmp_path / "eval.json"
+    assert (
+        evaluate.main(
+            [str(tiny_run), "--steps", "1", "--episodes", "2", "--episodes-per-task", "2", "--json", str(out)]
+        )
+        == 0
+    )
+    report = json.loads(out.read_text())
+    assert report["iteration"] == 1 and report["split"] == "test" and len(report["tasks"]) == 40
+    steps = report["by_gradient_steps"]
+    assert steps["x"] == [0, 1] and np.asarray(steps["per_task"]).shape == (2, 40)
+    np.testing.assert_allclose(steps["mean"], np.mean(steps["per_task"], axis=1))
+    assert set(report["by_episodes"]) == {"context", "gradient", "both"}
+    for c in report["by_episodes"].values():
+        assert c["x"] == [1, 2]
+        assert all(lo <= m <= hi for lo, m, hi in zip(c["ci95_low"], c["mean"], c["ci95_high"], strict=True))
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["{tmp}"], "not a metarl run directory"),
+        (["{run}", "--split", "ood"], "no ood tasks"),
+        (["{run}", "--split", "valid"], "unknown split"),
+        (["{run}", "--checkpoint", "checkpoint_09999.pt"], "no checkpoint checkpoint_09999.pt"),
+        (["{run}", "--steps", "-1"], "must be >= 0"),
+    ],
+)
+def test_evaluate_bad_input(
+    tiny_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str], message: str
+) -> None:
+    argv = [a.format(tmp=tmp_path, run=tiny_run) for a in args]
+    assert evaluate.main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+
+
+# ------------------------------------------------------------------ --csv, --plot (metarl.plots)
+def _lines_by_gid(fig: object) -> dict[str, object]:
+    return {artist.get_gid(): artist for ax in fig.axes for artist in ax.get_children() if artist.get_gid()}  # type: ignore[attr-defined]
+
+
+def _check_figure_shows(report: dict, fig: object) -> None:
+    """Every line of the figure holds exactly the report's numbers."""
+    from matplotlib.collections import PolyCollection
+
+    artists = _lines_by_gid(fig)
+    steps = report["by_gradient_steps"]
+    per_task = np.asarray(steps["per_task"])
+    mean = artists["by_gradient_steps/mean"]
+    np.testing.assert_array_equal(mean.get_xdata(), steps["x"])
+    np.testing.assert_array_equal(mean.get_ydata(), steps["mean"])
+    for task in range(per_task.shape[1]):
+        np.testing.assert_array_equal(artists[f"by_gradient_steps/task/{task}"].get_ydata(), per_task[:, task])
+    assert f"by_gradient_steps/task/{per_task.shape[1]}" not in artists
+    curves = [("by_gradient_steps", steps)] + [(f"by_episodes/{m}", c) for m, c in report["by_episodes"].items()]
+    for name, c in curves:
+        np.testing.assert_array_equal(artists[f"{name}/mean"].get_ydata(), c["mean"])
+        band = artists[f"{name}/ci95"]
+        assert isinstance(band, PolyCollection)
+        corners = {tuple(np.round(v, 9)) for v in band.get_paths()[0].vertices}
+        for x, low, high in zip(c["x"], c["ci95_low"], c["ci95_high"], strict=True):
+            assert (round(x, 9), round(low, 9)) in corners and (round(x, 9), round(high, 9)) in corners
+
+
+def test_evaluate_csv_and_plot_show_the_json_numbers(tiny_run: Path, tmp_path: Path) -> None:
+    import csv
+
+    from metarl import plots
+
+    out = {kind: tmp_path / f"eval.{kind}" for kind in ("json", "csv", "png")}
+    argv = [str(tiny_run), "--steps", "1", "--episodes", "2", "--episodes-per-task", "2"]
+    assert evaluate.main([*argv, "--json", str(out["json"]), "--csv", str(out["csv"]), "--plot", str(out["png"])]) == 0
+    report = json.loads(out["json"].read_text())
+    assert "task_parameter" not in report  # point_nav: no dynamics panel
+    rows = list(csv.DictReader(out["csv"].open()))
+    assert tuple(rows[0]) == plots.CSV_COLUMNS
+    assert len(rows) == (2 + 3 * 2) * (40 + 3)  # (2 steps + 3 modes x 2 episodes) x (40 tasks + mean, ci95 low/high)
+    for row in rows:
+        c = report["by_gradient_steps"] if row["curve"] == "by_gradient_steps" else report["by_episodes"][row["mode"]]
+        i = c["x"].index(int(row["x"]))
+        expected = c["per_task"][i][int(row["task_index"])] if row["stat"] == "task" else c[row["stat"]][i]
+        assert float(row["value"]) == expected
+    fig = plots.adaptation_figure(report)
+    assert len(fig.axes) == 2
+    _check_figure_shows(report, fig)
+    png = out["png"].read_bytes()
+    assert png.startswith(b"\x89PNG") and len(png) > 10_000
+
+
+def test_dynamics_plot_has_a_task_parameter_panel(tmp_path: Path) -> None:
+    from metarl import plots
+
+    mass = envs.make("half_cheetah_mass")
+    tasks = mass.ood_tasks()[:6]
+    parameter = evaluate.task_parameter(mass, tasks)
+    assert parameter is not None
+    assert parameter["values"] == [t.mass_scale for t in tasks] and parameter["train_range"] == [0.5, 2.0]
+    assert evaluate.task_parameter(envs.make("half_cheetah_friction"), [])["train_range"] == [0.25, 2.0]
+    params_family = envs.make("hopper_params")
+    u = evaluate.task_parameter(params_family, params_family.test_tasks()[:5])
+    assert u is not None and u["train_range"] == [-3.0, 3.0] and not u["log_scale"]
+    assert all(-3.0 <= v <= 3.0 for v in u["values"])
+    assert evaluate.task_parameter(envs.make("half_cheetah_params", split="ood"), [])["train_range"] == [-2.0, 2.0]
+    assert evaluate.task_parameter(envs.make("half_cheetah_vel"), tasks) is None
+
+    per_task = np.random.default_rng(0).normal(size=(3, 6))
+    report = {
+        "config": {"env": "half_cheetah_mass", "policy": "mlp"},
+        "split": "ood",
+        "tasks": [t.to_dict() for t in tasks],
+        "by_gradient_steps": curve(per_task, [0, 1, 2]),
+        "by_episodes": {"gradient": curve(per_task[:2], [1, 2])},
+        "task_parameter": parameter,
+    }
+    fig = plots.adaptation_figure(report)
+    assert len(fig.axes) == 3 and fig.axes[2].get_xscale() == "log"
+    _check_figure_shows(report, fig)
+    artists = _lines_by_gid(fig)
+    for step in (0, 1):
+        np.testing.assert_array_equal(
+            artists[f"task_parameter/step{step}"].get_offsets(), np.stack([parameter["values"], per_task[step]], 1)
+        )
+    assert "task_parameter/step2" not in artists  # before and after one step only
+    shaded = artists["task_parameter/train_range"]  # a Rectangle (matplotlib >= 3.9) or a Polygon
+    if hasattr(shaded, "get_width"):
+        xs = [shaded.get_x(), shaded.get_x() + shaded.get_width()]
+    else:
+        xs = shaded.get_xy()[:, 0]
+    assert (min(xs), max(xs)) == pytest.approx((0.5, 2.0))
+    del report["task_parameter"]  # an older report: the multiplier is read from the tasks
+    assert plots.task_parameter(report)["values"] == parameter["values"]
+    plots.save_figure(report, tmp_path / "fig.png")
+    assert (tmp_path / "fig.png").stat().st_size > 10_000
+
+
+def test_evaluate_rejects_a_plot_format_before_evaluating(tiny_run: Path, tmp_path: Path, capsys) -> None:
+    assert evaluate.main([str(tiny_run), "--plot", str(tmp_path / "eval.xyz")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "cannot write a plot to eval.xyz; use one of:" in err and ".png" in err and len(err.splitlines()) == 1
