@@ -14,6 +14,7 @@ Two curves, per task and as a mean with a 95% confidence interval over tasks:
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -100,6 +101,38 @@ def detach(params: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v.detach() for k, v in params.items()}
 
 
+def adaptation_steps(
+    family: Any,
+    policy: Any,
+    learner: Any,
+    tasks: list[Any],
+    num_steps: int,
+    episodes_per_task: int,
+    memory_size: int,
+    seed: int,
+    device: torch.device | str,
+) -> Iterator[tuple[dict[str, torch.Tensor], Memory | None, Episodes]]:
+    """The MAML test protocol: yields ``(params, memory, episodes)`` after 0..num_steps inner steps.
+
+    Step k samples ``episodes_per_task`` episodes per task with the parameters
+    (and memory) of step k, then takes one inner gradient step on them; context
+    policies get the memory of those episodes. Every step samples with the same
+    seeds (initial states and action noise): common random numbers, so results
+    differ between steps only through the parameters and memory, not luck.
+    """
+    params = detach(policy.params())
+    memory: Memory | None = None
+    for step in range(num_steps + 1):
+        generator = torch.Generator().manual_seed(seed)
+        sim = family.batch(tasks, episodes_per_task, seed=seed)
+        episodes = sample(sim, policy, params, len(tasks), generator, memory=memory, device=device)
+        yield params, memory, episodes
+        if step < num_steps:
+            params = detach(learner.adapt(episodes, params, create_graph=False, num_steps=1))
+            if policy.uses_context:
+                memory = build_memory(episodes, memory_size, generator)
+
+
 def by_gradient_steps(
     family: Any,
     policy: Any,
@@ -112,26 +145,14 @@ def by_gradient_steps(
     device: torch.device,
     progress: Any = None,
 ) -> np.ndarray:
-    """Returns ``[num_steps + 1, num_tasks]``: mean return per task after 0..num_steps inner steps.
-
-    Every step samples with the same seeds (initial states and action noise):
-    common random numbers, so the curve differs between steps only through the
-    parameters (and memory), not through luck.
-    """
-    params = detach(policy.params())
-    memory: Memory | None = None
+    """Returns ``[num_steps + 1, num_tasks]``: mean return per task after 0..num_steps
+    inner steps (:func:`adaptation_steps`)."""
     returns = []
-    for step in range(num_steps + 1):
-        generator = torch.Generator().manual_seed(seed)
-        sim = family.batch(tasks, episodes_per_task, seed=seed)
-        episodes = sample(sim, policy, params, len(tasks), generator, memory=memory, device=device)
+    steps = adaptation_steps(family, policy, learner, tasks, num_steps, episodes_per_task, memory_size, seed, device)
+    for step, (_, _, episodes) in enumerate(steps):
         returns.append(episodes.task_returns().cpu().numpy())
         if progress is not None:
             progress(f"step {step}: mean return {returns[-1].mean():.2f}")
-        if step < num_steps:
-            params = detach(learner.adapt(episodes, params, create_graph=False, num_steps=1))
-            if policy.uses_context:
-                memory = build_memory(episodes, memory_size, generator)
     return np.stack(returns)
 
 

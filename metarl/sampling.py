@@ -34,6 +34,16 @@ class SamplingPolicy(Protocol):
     ) -> Any: ...
 
 
+def choose_action(dist: Any, deterministic: bool, generator: torch.Generator | None) -> Tensor:
+    """The mean of a diagonal Gaussian, or a draw with noise from ``generator`` (CPU, so
+    that a seed gives the same actions on every device)."""
+    mean = dist.base_dist.loc
+    if deterministic:
+        return mean
+    noise = torch.randn(mean.shape, generator=generator, dtype=mean.dtype)
+    return mean + dist.base_dist.scale * noise.to(mean.device)
+
+
 @torch.no_grad()
 def sample(
     sim: BatchedEnv,
@@ -66,13 +76,7 @@ def sample(
     state = policy.start(params, num_tasks, slots, memory)
     steps: list[tuple[Tensor, Tensor, Tensor, Tensor, Tensor]] = []
     for _ in range(sim.horizon):
-        dist = policy.act(params, obs, state)
-        mean, std = dist.base_dist.loc, dist.base_dist.scale
-        if deterministic:
-            action = mean
-        else:
-            noise = torch.randn(mean.shape, generator=generator, dtype=mean.dtype)
-            action = mean + std * noise.to(mean.device)
+        action = choose_action(policy.act(params, obs, state), deterministic, generator)
         result = sim.step(action.double().cpu().numpy())
         reward = torch.as_tensor(result.reward, dtype=torch.float32, device=device)
         next_obs = torch.as_tensor(result.obs, dtype=torch.float32, device=device)

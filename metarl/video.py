@@ -27,8 +27,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from metarl.episodes import Episodes, Memory, build_memory
-from metarl.sampling import sample
+from metarl.episodes import Memory
+from metarl.evaluation import adaptation_steps
+from metarl.sampling import choose_action
 
 INSTALL_HINT = "apt-get install libegl1 (EGL) or libosmesa6 (OSMesa)"
 """What to install when no offscreen OpenGL context can be made."""
@@ -181,13 +182,7 @@ def rollout_frames(
     yield Frame(render_frame(env), 0, 0.0, 0.0, measure(env, observation, {}), {}, done)
     step = 0
     while not done:
-        dist = policy.act(params, obs, state)
-        mean, std = dist.base_dist.loc, dist.base_dist.scale
-        if deterministic:
-            action = mean
-        else:
-            noise = torch.randn(mean.shape, generator=generator, dtype=mean.dtype)
-            action = mean + std * noise.to(mean.device)
+        action = choose_action(policy.act(params, obs, state), deterministic, generator)
         observation, reward, terminated, truncated, info = env.step(action[0].double().cpu().numpy())
         step += 1
         total += float(reward)
@@ -214,24 +209,15 @@ def adapted_params(
 ) -> tuple[dict[str, Tensor], Memory | None]:
     """Parameters (and context memory) after ``num_steps`` inner steps on each task.
 
-    The protocol of :func:`metarl.evaluation.by_gradient_steps`: step k samples
-    ``episodes_per_task`` episodes per task with the parameters (and memory) of
-    step k-1, from the same seed each step, and takes one inner gradient step.
+    The protocol of :func:`metarl.evaluation.adaptation_steps` (evaluate.py's curve).
 
     Returns:
         ``(params, memory)``: the meta-parameters and None when ``num_steps`` is 0;
         else per-task parameters (leading axis ``len(tasks)``) and, for context
         policies, the memory of the last step's episodes (else None).
     """
-    params = {k: v.detach() for k, v in policy.params().items()}
-    memory: Memory | None = None
-    for _ in range(num_steps):
-        generator = torch.Generator().manual_seed(seed)
-        sim = family.batch(tasks, episodes_per_task, seed=seed)
-        episodes: Episodes = sample(sim, policy, params, len(tasks), generator, memory=memory, device=device)
-        params = {k: v.detach() for k, v in learner.adapt(episodes, params, create_graph=False, num_steps=1).items()}
-        if policy.uses_context:
-            memory = build_memory(episodes, memory_size, generator)
+    steps = adaptation_steps(family, policy, learner, tasks, num_steps, episodes_per_task, memory_size, seed, device)
+    *_, (params, memory, _) = steps
     return params, memory
 
 

@@ -10,9 +10,6 @@
   restore of the old parameters when no step is accepted;
 - returns, GAE and the linear baseline against loop references and known answers;
 - ``build_memory``; the sampling loop (reproducible, shapes, rewards, per-task params).
-
-Tests that need the attention policy import it lazily and skip (with the reason)
-where ``agents.attention`` is not importable.
 """
 
 from __future__ import annotations
@@ -29,6 +26,7 @@ import torch
 from torch import Tensor
 
 import envs
+from agents.attention import AttentionPolicy
 from agents.maml_trpo import MAMLTRPO, expand_params, flatten, policy_gradient_advantages
 from agents.policies import GaussianMLPPolicy, Params, Policy
 from metarl.baseline import baseline_features, fit_linear_baseline
@@ -52,10 +50,6 @@ def make_policy(kind: str = "mlp", seed: int = 0) -> Policy:
     if kind == "mlp":
         policy: Policy = GaussianMLPPolicy(OBS_DIM, ACT_DIM, hidden_sizes=(5,))
     else:
-        try:
-            from agents.attention import AttentionPolicy
-        except Exception as error:  # being written concurrently: skip only the tests that need it
-            pytest.skip(f"agents.attention is not importable yet ({type(error).__name__}: {error})")
         policy = AttentionPolicy(OBS_DIM, ACT_DIM, hidden_sizes=(4,), embed_dim=4, num_heads=2, window=2)
     policy = policy.double()
     generator = torch.Generator().manual_seed(seed)
