@@ -51,9 +51,9 @@ class MAMLConfig:
     fvp_tasks: int = 10
     """Tasks whose KL defines the Fisher-vector products (0: all); a subsample, as TRPO
     implementations commonly use, cuts the conjugate gradient's cost."""
-    fvp_curvature: str = "adapted"
-    """Trust-region curvature: adapted (Fisher of the adapted policies, inner-step Jacobian
-    taken as identity; cheap) or exact (the KL Hessian through the inner loop; dearer)."""
+    fvp_curvature: str = "exact"
+    """Trust-region curvature: exact (the KL Hessian through the inner loop) or adapted (the
+    adapted policies' Fisher, inner-step Jacobian taken as identity: cheaper, learned worse)."""
     task_chunk: int = 0
     """Tasks adapted per batched computation (0: all at once)."""
 

@@ -241,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
     cmd.add_argument("--device", default="cpu", help="learner device: cpu, cuda or auto")
     cmd.add_argument("--iterations", type=int, default=2, help="measured meta-iterations (after one warm-up)")
     cmd.add_argument("--task-chunk", type=int, default=0, help="tasks adapted per batched computation (0: all)")
-    cmd.add_argument("--fvp-curvature", default="adapted", help="adapted or exact")
+    cmd.add_argument("--fvp-curvature", default=MAMLConfig.fvp_curvature, help="adapted or exact")
     cmd.add_argument(
         "--fvp-tasks", type=int, default=MAMLConfig.fvp_tasks, help="tasks of the Fisher-vector products (0: all)"
     )
