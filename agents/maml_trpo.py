@@ -24,26 +24,20 @@ from torch import Tensor
 from torch.distributions import kl_divergence
 from torch.nn.utils import vector_to_parameters
 
-from agents.policies import Params, Policy
+from agents.policies import Policy
 from metarl.baseline import fit_linear_baseline
 from metarl.config import MAMLConfig
-from metarl.episodes import Episodes, Memory, gae
+from metarl.episodes import Episodes, Memory, gae, normalize
 from metarl.optim import backtracking_line_search, conjugate_gradient
+from metarl.params import Params, detached, expand_params, flatten, select_tasks
 
 
 def policy_gradient_advantages(episodes: Episodes, gamma: float, gae_lambda: float) -> Tensor:
     """Normalised (per task) GAE advantages ``[T, B]`` on a per-task linear baseline."""
-    values = fit_linear_baseline(
-        episodes.observations.double(), episodes.rewards.double(), episodes.mask.double(), episodes.num_tasks, gamma
-    )
-    adv = gae(episodes.rewards.double(), values, episodes.mask.double(), gamma, gae_lambda)
-    horizon, slots = adv.shape
-    per = adv.view(horizon, episodes.num_tasks, -1)
-    mask = episodes.mask.double().view(horizon, episodes.num_tasks, -1)
-    count = mask.sum(dim=(0, 2), keepdim=True).clamp_min(1.0)
-    mean = (per * mask).sum(dim=(0, 2), keepdim=True) / count
-    std = (((per - mean) * mask) ** 2).sum(dim=(0, 2), keepdim=True).div(count).sqrt()
-    return ((per - mean) / (std + 1e-8) * mask).view(horizon, slots).to(episodes.rewards.dtype)
+    rewards, mask = episodes.rewards.double(), episodes.mask.double()
+    values = fit_linear_baseline(episodes.observations.double(), rewards, mask, episodes.num_tasks, gamma)
+    advantages = gae(rewards, values, mask, gamma, gae_lambda)
+    return normalize(advantages, mask, episodes.num_tasks).to(episodes.rewards.dtype)
 
 
 def masked_task_mean(values: Tensor, mask: Tensor, num_tasks: int) -> Tensor:
@@ -51,34 +45,6 @@ def masked_task_mean(values: Tensor, mask: Tensor, num_tasks: int) -> Tensor:
     horizon = values.shape[0]
     v = (values * mask).view(horizon, num_tasks, -1).sum(dim=(0, 2))
     return v / mask.view(horizon, num_tasks, -1).sum(dim=(0, 2)).clamp_min(1.0)
-
-
-def flatten(tensors: list[Tensor] | tuple[Tensor, ...]) -> Tensor:
-    """Concatenate tensors into one vector (any strides)."""
-    return torch.cat([t.reshape(-1) for t in tensors])
-
-
-def expand_params(params: Params, num_tasks: int) -> Params:
-    """Shared parameters viewed with a leading task axis (gradients flow back)."""
-    return {k: v.unsqueeze(0).expand(num_tasks, *v.shape) for k, v in params.items()}
-
-
-def select_tasks(params: Params, index: slice) -> Params:
-    return {k: v[index] for k, v in params.items()}
-
-
-def slot_slice(episodes: Episodes, tasks: slice) -> Episodes:
-    """The episodes of the tasks in ``tasks`` (a slice of task indices)."""
-    per = episodes.episodes_per_task
-    cut = slice(tasks.start * per, tasks.stop * per)
-    return Episodes(
-        episodes.observations[:, cut],
-        episodes.actions[:, cut],
-        episodes.rewards[:, cut],
-        episodes.next_observations[:, cut],
-        episodes.mask[:, cut],
-        tasks.stop - tasks.start,
-    )
 
 
 class MAMLTRPO:
@@ -95,9 +61,15 @@ class MAMLTRPO:
         self.adapted = set(policy.adapted_names(self.config.adapt))
 
     # ------------------------------------------------------------ inner loop
-    def inner_loss(self, params: Params, episodes: Episodes, memory: Memory | None = None) -> Tensor:
+    def advantages(self, episodes: Episodes) -> Tensor:
+        """The inner loss's advantages of ``episodes``, ``[T, B]`` (they do not depend on the parameters)."""
+        return policy_gradient_advantages(episodes, self.config.gamma, self.config.gae_lambda)
+
+    def inner_loss(
+        self, params: Params, episodes: Episodes, memory: Memory | None = None, advantages: Tensor | None = None
+    ) -> Tensor:
         """Per-task REINFORCE loss ``[num_tasks]`` (params shared or per task)."""
-        adv = policy_gradient_advantages(episodes, self.config.gamma, self.config.gae_lambda)
+        adv = self.advantages(episodes) if advantages is None else advantages
         log_prob = self.policy.episode_distribution(params, episodes, memory).log_prob(episodes.actions)
         return -masked_task_mean(log_prob * adv, episodes.mask, episodes.num_tasks)
 
@@ -108,6 +80,7 @@ class MAMLTRPO:
         create_graph: bool | None = None,
         memory: Memory | None = None,
         num_steps: int | None = None,
+        advantages: Tensor | None = None,
     ) -> Params:
         """Per-task fast parameters (leading ``num_tasks`` axis) after the inner steps.
 
@@ -119,6 +92,7 @@ class MAMLTRPO:
                 (default: ``not first_order``).
             memory: context for the inner loss (attention policies).
             num_steps: inner steps (default: ``num_inner_steps``).
+            advantages: :meth:`advantages` of ``episodes`` if already computed.
         """
         params = self.policy.params() if params is None else params
         create_graph = (not self.config.first_order) if create_graph is None else create_graph
@@ -126,23 +100,29 @@ class MAMLTRPO:
         num_tasks = episodes.num_tasks
         chunk = self.config.task_chunk or num_tasks
         per_task = self.policy.num_tasks_of(params, self.policy.params()) is not None
+        if advantages is None and steps > 0:
+            advantages = self.advantages(episodes)
+        per = episodes.episodes_per_task
         pieces = []
         for start in range(0, num_tasks, chunk):
             tasks = slice(start, min(start + chunk, num_tasks))
-            part = slot_slice(episodes, tasks)
-            part_memory = None if memory is None else Memory(memory.transitions[tasks], memory.mask[tasks])
+            part = episodes.select(tasks)
+            part_memory = None if memory is None else memory.select(tasks)
+            part_advantages = None if advantages is None else advantages[:, tasks.start * per : tasks.stop * per]
             fast = select_tasks(params, tasks) if per_task else expand_params(params, tasks.stop - tasks.start)
             for _ in range(steps):
-                fast = self._inner_step(fast, part, part_memory, create_graph)
+                fast = self._inner_step(fast, part, part_memory, part_advantages, create_graph)
             pieces.append(fast)
         return {k: torch.cat([p[k] for p in pieces]) for k in params}
 
-    def _inner_step(self, fast: Params, episodes: Episodes, memory: Memory | None, create_graph: bool) -> Params:
+    def _inner_step(
+        self, fast: Params, episodes: Episodes, memory: Memory | None, advantages: Tensor | None, create_graph: bool
+    ) -> Params:
         names = [k for k in fast if k in self.adapted]
         # detached inputs (evaluation) become leaves so the inner gradient exists
         fast = {k: v if v.requires_grad or k not in names else v.detach().requires_grad_() for k, v in fast.items()}
         with torch.enable_grad():
-            loss = self.inner_loss(fast, episodes, memory).sum()
+            loss = self.inner_loss(fast, episodes, memory, advantages).sum()
             grads = torch.autograd.grad(loss, [fast[k] for k in names], create_graph=create_graph)
         updated = dict(fast)
         for name, grad in zip(names, grads, strict=True):
@@ -183,10 +163,11 @@ class MAMLTRPO:
         theta = [params[k] for k in names]
         timings: dict[str, float] = {}
         tic = time.perf_counter()
-        advantages = policy_gradient_advantages(post, cfg.gamma, cfg.gae_lambda)
-        fast = self.adapt(pre, params, num_steps=inner_steps)
+        advantages = self.advantages(post)
+        pre_advantages = self.advantages(pre)
+        fast = self.adapt(pre, params, num_steps=inner_steps, advantages=pre_advantages)
         with torch.no_grad():
-            old_dist = self.policy.episode_distribution({k: v.detach() for k, v in fast.items()}, post, memory)
+            old_dist = self.policy.episode_distribution(detached(fast), post, memory)
             old_log_prob = old_dist.log_prob(post.actions)
         surrogate, _ = self.surrogate(fast, post, old_log_prob, advantages, memory)
         loss = -surrogate
@@ -195,7 +176,7 @@ class MAMLTRPO:
         timings["seconds/meta_gradient"] = time.perf_counter() - tic
 
         tic = time.perf_counter()
-        fvp = self._fisher_vector_product(pre, post, memory, names, inner_steps)
+        fvp = self._fisher_vector_product(pre, post, memory, names, inner_steps, pre_advantages)
         direction = conjugate_gradient(fvp, gradient, cfg.cg_iterations)
         shs = 0.5 * torch.dot(direction, fvp(direction))
         step_vector = direction / torch.sqrt(shs.clamp_min(1e-12) / cfg.max_kl)
@@ -208,9 +189,10 @@ class MAMLTRPO:
 
         def evaluate(fraction: float) -> tuple[float, float]:
             vector_to_parameters(old_vector - fraction * step_vector, theta)
-            new_fast = self.adapt(pre, params, create_graph=False, num_steps=inner_steps)
+            new_fast = detached(
+                self.adapt(pre, params, create_graph=False, num_steps=inner_steps, advantages=pre_advantages)
+            )
             with torch.no_grad():
-                new_fast = {k: v.detach() for k, v in new_fast.items()}
                 new_surrogate, new_dist = self.surrogate(new_fast, post, old_log_prob, advantages, memory)
                 kl = float(self.mean_kl(old_dist, new_dist, post))
             results[fraction] = (old_loss + float(new_surrogate), kl)
@@ -232,7 +214,13 @@ class MAMLTRPO:
         }
 
     def _fisher_vector_product(
-        self, pre: Episodes, post: Episodes, memory: Memory | None, names: list[str], inner_steps: int | None = None
+        self,
+        pre: Episodes,
+        post: Episodes,
+        memory: Memory | None,
+        names: list[str],
+        inner_steps: int | None = None,
+        pre_advantages: Tensor | None = None,
     ) -> Any:
         """``v -> (H_KL + damping) v``, the KL's Hessian at the current parameters.
 
@@ -249,13 +237,14 @@ class MAMLTRPO:
         theta = [params[k] for k in names]
         if cfg.fvp_tasks and cfg.fvp_tasks < pre.num_tasks:
             tasks = slice(0, cfg.fvp_tasks)
-            pre, post = slot_slice(pre, tasks), slot_slice(post, tasks)
-            memory = None if memory is None else Memory(memory.transitions[tasks], memory.mask[tasks])
+            pre, post = pre.select(tasks), post.select(tasks)
+            memory = None if memory is None else memory.select(tasks)
+            if pre_advantages is not None:
+                pre_advantages = pre_advantages[:, : pre.num_slots]
         exact = cfg.fvp_curvature == "exact" and not cfg.first_order
-        fast = self.adapt(pre, params, create_graph=exact, num_steps=inner_steps)
-        detached = {k: v.detach() for k, v in fast.items()}
+        fast = self.adapt(pre, params, create_graph=exact, num_steps=inner_steps, advantages=pre_advantages)
         with torch.no_grad():
-            old_dist = self.policy.episode_distribution(detached, post, memory)
+            old_dist = self.policy.episode_distribution(detached(fast), post, memory)
         kl = self.mean_kl(old_dist, self.policy.episode_distribution(fast, post, memory), post)
         grad_kl = flatten(torch.autograd.grad(kl, theta, create_graph=True))
 

@@ -20,8 +20,7 @@ from torch.distributions import Independent, Normal
 
 from metarl.config import ADAPT_SCOPES
 from metarl.episodes import Episodes, Memory
-
-Params = dict[str, Tensor]
+from metarl.params import Params
 
 
 def linear(x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:

@@ -10,21 +10,13 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-
-class Simulator(Protocol):
-    """What the batched-simulator benchmark needs (``envs.BatchedSimulator`` has it)."""
-
-    num_slots: int
-
-    def reset(self) -> np.ndarray: ...
-
-    def step(self, actions: Any) -> Any: ...
+from metarl.sampling import BatchedEnv
 
 
 def available_cores() -> int:
@@ -94,7 +86,7 @@ def vector_env_rate(envs: Any, policy: Callable[[np.ndarray], np.ndarray], secon
     return steps / (time.perf_counter() - start)
 
 
-def batched_rate(sim: Simulator, policy: Callable[[np.ndarray], np.ndarray], seconds: float) -> dict[str, float]:
+def batched_rate(sim: BatchedEnv, policy: Callable[[np.ndarray], np.ndarray], seconds: float) -> dict[str, float]:
     """Env-steps/s of a batched simulator with ``policy`` in the loop.
 
     Episodes run to their end (horizon or termination); a new batch of episodes
@@ -131,7 +123,7 @@ def policy_step_seconds(
         return (time.perf_counter() - start) / steps
 
 
-def physics_step_seconds(sim: Simulator, act_dim: int, steps: int) -> float:
+def physics_step_seconds(sim: BatchedEnv, act_dim: int, steps: int) -> float:
     """Seconds per batched step of ``sim`` alone, with zero actions."""
     sim.reset()
     actions = np.zeros((sim.num_slots, act_dim))

@@ -86,18 +86,23 @@ class Episodes:
             join("observations"), join("actions"), join("rewards"), join("next_observations"), join("mask"), num_tasks
         )
 
-    def task(self, index: int) -> Episodes:
-        """The episodes of task ``index`` alone."""
+    def select(self, tasks: slice) -> Episodes:
+        """The episodes of the tasks in ``tasks`` (a slice of task indices, step 1)."""
         per = self.episodes_per_task
-        cut = slice(index * per, (index + 1) * per)
+        start, stop, _ = tasks.indices(self.num_tasks)
+        cut = slice(start * per, stop * per)
         return Episodes(
             self.observations[:, cut],
             self.actions[:, cut],
             self.rewards[:, cut],
             self.next_observations[:, cut],
             self.mask[:, cut],
-            1,
+            stop - start,
         )
+
+    def task(self, index: int) -> Episodes:
+        """The episodes of task ``index`` alone."""
+        return self.select(slice(index, index + 1))
 
 
 def discounted_returns(rewards: Tensor, mask: Tensor, gamma: float) -> Tensor:
@@ -128,12 +133,15 @@ def gae(rewards: Tensor, values: Tensor, mask: Tensor, gamma: float, gae_lambda:
     return advantages
 
 
-def normalize(values: Tensor, mask: Tensor, eps: float = 1e-8) -> Tensor:
-    """Zero mean, unit standard deviation over the unmasked entries (per leading-task view handled by caller)."""
-    count = mask.sum().clamp_min(1.0)
-    mean = (values * mask).sum() / count
-    var = (((values - mean) * mask) ** 2).sum() / count
-    return (values - mean) / (var.sqrt() + eps) * mask
+def normalize(values: Tensor, mask: Tensor, num_tasks: int, eps: float = 1e-8) -> Tensor:
+    """Zero mean, unit standard deviation over each task's unmasked entries; ``[T, B] -> [T, B]``."""
+    horizon, slots = values.shape
+    per = values.view(horizon, num_tasks, -1)
+    weights = mask.view(horizon, num_tasks, -1)
+    count = weights.sum(dim=(0, 2), keepdim=True).clamp_min(1.0)
+    mean = (per * weights).sum(dim=(0, 2), keepdim=True) / count
+    std = (((per - mean) * weights) ** 2).sum(dim=(0, 2), keepdim=True).div(count).sqrt()
+    return ((per - mean) / (std + eps) * weights).view(horizon, slots)
 
 
 def transition_features(observations: Tensor, actions: Tensor, rewards: Tensor, next_observations: Tensor) -> Tensor:
@@ -155,6 +163,10 @@ class Memory(NamedTuple):
     @property
     def num_tasks(self) -> int:
         return int(self.transitions.shape[0])
+
+    def select(self, tasks: slice) -> Memory:
+        """The memories of the tasks in ``tasks``."""
+        return Memory(self.transitions[tasks], self.mask[tasks])
 
 
 def build_memory(episodes: Episodes, size: int, generator: torch.Generator, previous: Memory | None = None) -> Memory:

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from metarl.episodes import Episodes, Memory, build_memory
+from metarl.params import detached
 from metarl.sampling import sample
 
 EPISODE_MODES = ("context", "gradient", "both")
@@ -97,10 +98,6 @@ def curve(per_task: np.ndarray, x: list[int]) -> dict[str, Any]:
     }
 
 
-def detach(params: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    return {k: v.detach() for k, v in params.items()}
-
-
 def adaptation_steps(
     family: Any,
     policy: Any,
@@ -120,7 +117,7 @@ def adaptation_steps(
     seeds (initial states and action noise): common random numbers, so results
     differ between steps only through the parameters and memory, not luck.
     """
-    params = detach(policy.params())
+    params = detached(policy.params())
     memory: Memory | None = None
     for step in range(num_steps + 1):
         generator = torch.Generator().manual_seed(seed)
@@ -128,7 +125,7 @@ def adaptation_steps(
         episodes = sample(sim, policy, params, len(tasks), generator, memory=memory, device=device)
         yield params, memory, episodes
         if step < num_steps:
-            params = detach(learner.adapt(episodes, params, create_graph=False, num_steps=1))
+            params = detached(learner.adapt(episodes, params, create_graph=False, num_steps=1))
             if policy.uses_context:
                 memory = build_memory(episodes, memory_size, generator)
 
@@ -174,7 +171,7 @@ def by_episodes(
         raise ValueError(f"unknown mode {mode!r}; valid: {', '.join(EPISODE_MODES)}")
     generator = torch.Generator().manual_seed(seed)
     sim = family.batch(tasks, 1, seed=seed)
-    meta = detach(policy.params())
+    meta = detached(policy.params())
     params, memory = meta, None
     history: list[Episodes] = []
     returns = []
@@ -187,5 +184,5 @@ def by_episodes(
         if mode in ("context", "both") and policy.uses_context:
             memory = build_memory(episodes, memory_size, generator, previous=memory)
         if mode in ("gradient", "both"):
-            params = detach(learner.adapt(Episodes.concatenate(history), meta, create_graph=False, num_steps=1))
+            params = detached(learner.adapt(Episodes.concatenate(history), meta, create_graph=False, num_steps=1))
     return np.stack(returns)

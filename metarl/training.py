@@ -31,6 +31,7 @@ from metarl import checkpoint
 from metarl.config import TrainConfig
 from metarl.episodes import Episodes, Memory, build_memory
 from metarl.logger import MetricLogger
+from metarl.params import detached
 from metarl.sampling import sample
 
 CHECKPOINT = "checkpoint.pt"
@@ -64,10 +65,6 @@ def torch_threads(count: int) -> Iterator[None]:
 def run_name(config: TrainConfig) -> str:
     """``<env>__<policy>__<seed>__<time>``."""
     return f"{config.env}__{config.policy}__{config.seed}__{time.strftime('%Y%m%d-%H%M%S')}"
-
-
-def detached(params: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    return {k: v.detach() for k, v in params.items()}
 
 
 class MetaTrainer:

@@ -228,7 +228,7 @@ def task_slice(
     and its memory; ``shared`` are the module's parameters (to tell the two apart)."""
     sliced = {k: v[index : index + 1] if v.dim() == shared[k].dim() + 1 else v for k, v in params.items()}
     if memory is not None:
-        memory = Memory(memory.transitions[index : index + 1], memory.mask[index : index + 1])
+        memory = memory.select(slice(index, index + 1))
     return sliced, memory
 
 

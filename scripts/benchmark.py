@@ -31,7 +31,8 @@ import envs  # noqa: E402
 from agents.factory import make_learner, make_policy  # noqa: E402
 from metarl import benchmark  # noqa: E402
 from metarl.config import MAMLConfig, TrainConfig  # noqa: E402
-from metarl.training import MetaTrainer, detached, resolve_device  # noqa: E402
+from metarl.params import detached  # noqa: E402
+from metarl.training import MetaTrainer, resolve_device  # noqa: E402
 
 
 def raw_limit(family: envs.TaskFamily, policy: Any, seconds: float) -> float | None:

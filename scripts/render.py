@@ -30,7 +30,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import numpy as np  # noqa: E402
 
 from metarl import checkpoint, video  # noqa: E402
-from metarl.training import detached, torch_threads  # noqa: E402
+from metarl.params import detached  # noqa: E402
+from metarl.training import torch_threads  # noqa: E402
 from scripts.runs import load_run  # noqa: E402
 
 MAX_GRID = 4
