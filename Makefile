@@ -48,8 +48,10 @@ lint: install
 slow: install
 	$(PYTEST) -m slow || [ $$? -eq 5 ]
 
+# On a GPU machine: the gpu-marked tests, then the learner benchmark with the learner on CUDA.
 gpu: install
 	$(PYTEST) -m gpu || [ $$? -eq 5 ]
+	$(PYTHON) scripts/benchmark.py learner --device cuda
 
 clean:
 	rm -rf .make build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache

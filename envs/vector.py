@@ -13,6 +13,7 @@ MuJoCo families run on ``mujoco.batch.Batch`` (C threads, GIL released, live
 from __future__ import annotations
 
 import abc
+import os
 from typing import Any, NamedTuple
 
 import mujoco
@@ -21,6 +22,11 @@ from mujoco.batch import Batch, SimulationError
 
 from envs.core import Task, TaskFamily
 from envs.mujoco_base import MujocoFamily, check_action
+
+
+def available_cores() -> int:
+    """CPU cores this process may run on (its affinity, not the machine's count)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 class StepResult(NamedTuple):
@@ -162,7 +168,8 @@ class MujocoBatch(BatchedSimulator):
         model = robot.base_model()
         self.model = model
         self.dt = model.opt.timestep * robot.frame_skip
-        self._sim = Batch(model, self.num_slots, nthread=nthread, persistent=robot.contact_forces)
+        # nthread 0 is one thread per core this process may use (MuJoCo's own 0 would count the machine's).
+        self._sim = Batch(model, self.num_slots, nthread=nthread or available_cores(), persistent=robot.contact_forces)
         self._apply_task_fields()
         sim = self._sim
         self._qpos, self._qvel, self._ctrl, self._time = (

@@ -19,11 +19,6 @@ from torch import nn
 from metarl.sampling import BatchedEnv
 
 
-def available_cores() -> int:
-    """CPU cores this process may run on."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
 def rss_bytes() -> int:
     """Resident memory of this process (Linux), 0 where unknown."""
     try:
@@ -112,14 +107,17 @@ def policy_step_seconds(
 ) -> float:
     """Seconds per sampling step of ``policy`` alone (``act`` + ``observe``) on ``obs [B, obs_dim]``."""
     slots = obs.shape[0]
-    observations = torch.as_tensor(obs, dtype=torch.float32)
+    device = next(iter(params.values())).device
+    observations = torch.as_tensor(obs, dtype=torch.float32, device=device)
     state = policy.start(params, num_tasks, slots, None)
-    rewards = torch.zeros(slots)
+    rewards = torch.zeros(slots, device=device)
     with torch.no_grad():
         start = time.perf_counter()
         for _ in range(steps):
             action = policy.act(params, observations, state).base_dist.loc
             state = policy.observe(params, state, observations, action, rewards, observations)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
         return (time.perf_counter() - start) / steps
 
 

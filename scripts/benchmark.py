@@ -29,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import envs  # noqa: E402
 from agents.factory import make_learner, make_policy  # noqa: E402
+from envs.vector import available_cores  # noqa: E402
 from metarl import benchmark  # noqa: E402
 from metarl.config import MAMLConfig, TrainConfig  # noqa: E402
 from metarl.params import detached  # noqa: E402
@@ -53,7 +54,7 @@ def raw_limit(family: envs.TaskFamily, policy: Any, seconds: float) -> float | N
 
 def sampling(family: envs.TaskFamily, sizes: list[int], vector_envs: int, seconds: float) -> dict[str, Any]:
     """Run the three measurements for ``family``; returns the JSON-able results."""
-    cores = benchmark.available_cores()
+    cores = available_cores()
     policy = benchmark.mlp_policy(family.observation_dim, family.action_dim)
     rng = np.random.default_rng(0)
     out: dict[str, Any] = {"env": family.name, "cores": cores, "seconds": seconds}
@@ -96,7 +97,7 @@ def learner(
     """Seconds per meta-iteration (sampling, inner loop, TRPO) of the classic configuration
     (40 tasks x 20 episodes, one inner step, 10 CG iterations), per policy."""
     family = envs.make(env)
-    cores = benchmark.available_cores()
+    cores = available_cores()
     raw = raw_limit(family, benchmark.mlp_policy(family.observation_dim, family.action_dim), seconds)
     out: dict[str, Any] = {"env": env, "cores": cores, "device": device, "raw_single_thread": raw, "maml": vars(maml)}
     print(f"{env} on {cores} cores, learner on {device}; raw limit {raw or float('nan'):.0f} steps/s/core")
