@@ -160,12 +160,16 @@ def _check(config: Any, checks: dict[str, tuple[bool, str]]) -> None:
 PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
     "point_nav": ("pytorch-maml-rl configs/maml/2d-navigation.yaml", {"meta_batch_size": 20, "iterations": 100}),
     "half_cheetah_vel": ("pytorch-maml-rl configs/maml/halfcheetah-vel.yaml", {}),
-    "half_cheetah_dir": ("pytorch-maml-rl configs/maml/halfcheetah-dir.yaml", {}),
+    "half_cheetah_dir": (
+        "pytorch-maml-rl configs/maml/halfcheetah-dir.yaml with learn2learn's maml_trpo.py discount (gamma 0.95) "
+        "and max_kl 0.03 (README: both learned several times faster in a sweep)",
+        {"maml": {"gamma": 0.95, "max_kl": 0.03}},
+    ),
     "ant_dir": ("pytorch-maml-rl configs/maml/ant-dir.yaml", {}),
     "ant_goal": ("pytorch-maml-rl configs/maml/ant-goal.yaml", {}),
 }
-"""Per-family overrides of the defaults and their source; families without a
-published MAML setting use the half_cheetah_vel one."""
+"""Per-family overrides of the defaults (``maml``: of :class:`MAMLConfig`) and their
+source; families without a published MAML setting use the half_cheetah_vel one."""
 
 
 def preset(env: str) -> tuple[str, dict[str, Any]]:
@@ -211,6 +215,7 @@ def resolve(args: argparse.Namespace) -> TrainConfig:
     maml: dict[str, Any] = {}
     env = getattr(args, "env", None) or TrainConfig.env
     values.update(preset(env)[1])
+    maml.update(values.pop("maml", {}))
     maml_fields = {f.name for f in dataclasses.fields(MAMLConfig)}
     train_fields = {f.name for f in dataclasses.fields(TrainConfig)} - {"maml"}
     for name, value in vars(args).items():

@@ -26,7 +26,7 @@ from agents.factory import make_learner, make_policy
 from agents.maml_trpo import MAMLTRPO
 from metarl import checkpoint
 from metarl.checkpoint import CheckpointError
-from metarl.config import TrainConfig
+from metarl.config import MAMLConfig, TrainConfig, resolve
 from metarl.sampling import sample
 from metarl.training import CHECKPOINT, MetaTrainer
 
@@ -332,6 +332,15 @@ def check_tiny_run(run: Path, env: str) -> None:
     assert math.isfinite(float(rows[0]["returns/pre"])) and math.isfinite(float(rows[0]["returns/post"]))
 
 
+def test_presets_set_maml_fields_and_flags_win() -> None:
+    parser = meta_train.parser()
+    dir_config = resolve(parser.parse_args(["--env", "half_cheetah_dir"]))
+    assert (dir_config.maml.gamma, dir_config.maml.max_kl) == (0.95, 0.03)
+    assert resolve(parser.parse_args(["--env", "half_cheetah_dir", "--gamma", "0.9"])).maml.gamma == 0.9
+    assert resolve(parser.parse_args(["--env", "half_cheetah_vel"])).maml == MAMLConfig()
+    assert resolve(parser.parse_args(["--env", "point_nav"])).meta_batch_size == 20
+
+
 @pytest.mark.parametrize("env", envs.names())
 def test_one_meta_iteration_on_every_family(tmp_path: Path, capsys: pytest.CaptureFixture[str], env: str) -> None:
     run = tmp_path / "run"
@@ -339,6 +348,18 @@ def test_one_meta_iteration_on_every_family(tmp_path: Path, capsys: pytest.Captu
     assert meta_train.main(args) == 0
     assert "done after iteration 1:" in capsys.readouterr().out
     check_tiny_run(run, env)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("policy", ["mlp", "attention"])
+def test_meta_train_on_cuda_runs_and_resumes(tmp_path: Path, policy: str) -> None:
+    run = tmp_path / "run"
+    args = [*tiny_args(run, iterations=1), "--policy", policy, "--device", "cuda"]
+    assert meta_train.main(args) == 0
+    check_tiny_run(run, "point_nav")
+    assert meta_train.main(["--resume", str(run), "--iterations", "2", "--no-progress"]) == 0
+    assert checkpoint.load(run / CHECKPOINT)["iteration"] == 2
 
 
 @pytest.mark.parametrize("fraction", [0.0, 1.0])
