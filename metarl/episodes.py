@@ -100,6 +100,22 @@ class Episodes:
             stop - start,
         )
 
+    def first(self, count: int) -> Episodes:
+        """Each task's first ``count`` episodes (slots stay task-major)."""
+        shape = (self.num_tasks, self.episodes_per_task)
+
+        def cut(x: Tensor) -> Tensor:
+            return x.unflatten(1, shape)[:, :, :count].flatten(1, 2)
+
+        return Episodes(
+            cut(self.observations),
+            cut(self.actions),
+            cut(self.rewards),
+            cut(self.next_observations),
+            cut(self.mask),
+            self.num_tasks,
+        )
+
     def task(self, index: int) -> Episodes:
         """The episodes of task ``index`` alone."""
         return self.select(slice(index, index + 1))

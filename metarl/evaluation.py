@@ -13,8 +13,11 @@ Two curves, per task and as a mean with a 95% confidence interval over tasks:
 
 from __future__ import annotations
 
+import csv
+import json
 import math
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -25,6 +28,48 @@ from metarl.params import detached
 from metarl.sampling import sample
 
 EPISODE_MODES = ("context", "gradient", "both")
+
+
+def adaptation_budget(episodes_per_step: int, horizon: int, inner_steps: int) -> dict[str, int]:
+    """The env-steps a meta-trained policy uses to adapt to one task, as report fields.
+
+    One inner step samples ``episodes_per_step`` episodes of ``horizon`` steps of
+    the task; the policy was meta-trained to adapt with ``inner_steps`` steps.
+    Returns ``horizon``, ``episodes_per_step``, ``adaptation_env_steps_per_step``
+    and ``adaptation_env_steps`` (all ``inner_steps``); episodes that end early
+    use fewer steps, so these are upper bounds for families that terminate.
+    """
+    per_step = episodes_per_step * horizon
+    return {
+        "horizon": horizon,
+        "episodes_per_step": episodes_per_step,
+        "adaptation_env_steps_per_step": per_step,
+        "adaptation_env_steps": per_step * inner_steps,
+    }
+
+
+def training_cost(run_dir: Path, horizon: int, iterations: int | None = None) -> dict[str, Any] | None:
+    """Iterations, env-steps and wall-clock seconds a meta-training run used, or None.
+
+    Read from ``run_dir``'s ``config.json`` and ``metrics.csv`` (one row per
+    finished iteration, with its ``time/iteration``): every iteration so far,
+    or the first ``iterations`` (those of a checkpoint). Each iteration samples
+    ``meta_batch_size x episodes_per_task`` episodes before and again after
+    adaptation, counted at ``horizon`` steps each (an upper bound where
+    episodes end early: ant_dir, hopper, walker).
+    """
+    config_path, metrics_path = Path(run_dir) / "config.json", Path(run_dir) / "metrics.csv"
+    if not (config_path.is_file() and metrics_path.is_file()):
+        return None
+    config = json.loads(config_path.read_text())
+    with metrics_path.open() as f:
+        rows = [row for row in csv.DictReader(f) if iterations is None or int(row["iteration"]) < iterations]
+    per_iteration = 2 * config["meta_batch_size"] * config["episodes_per_task"] * horizon
+    return {
+        "iterations": len(rows),
+        "env_steps": len(rows) * per_iteration,
+        "wall_clock_s": sum(float(row.get("time/iteration") or 0.0) for row in rows),
+    }
 
 
 def _betacf(a: float, b: float, x: float) -> float:
@@ -125,7 +170,8 @@ def adaptation_steps(
         episodes = sample(sim, policy, params, len(tasks), generator, memory=memory, device=device)
         yield params, memory, episodes
         if step < num_steps:
-            params = detached(learner.adapt(episodes, params, create_graph=False, num_steps=1))
+            # on-policy: the inner loss sees the episodes with the memory they were sampled with
+            params = detached(learner.adapt(episodes, params, create_graph=False, memory=memory, num_steps=1))
             if policy.uses_context:
                 memory = build_memory(episodes, memory_size, generator)
 
@@ -166,23 +212,37 @@ def by_episodes(
     progress: Any = None,
 ) -> np.ndarray:
     """Returns ``[num_episodes, num_tasks]``: return of each task's episode k when the
-    policy may use its episodes 1..k-1 as ``mode`` allows (context, gradient or both)."""
+    policy may use k - 1 earlier episodes of the task as ``mode`` allows.
+
+    As in meta-training, the experience comes from the meta-policy itself:
+    ``num_episodes - 1`` exploration episodes per task, sampled with the
+    meta-parameters and no memory. Episode k runs with the meta-parameters
+    adapted by one inner step on the first k - 1 of them (``gradient``), with
+    a memory of them (``context``), or both; episode 1 runs the meta-policy.
+    The inner step so always sees on-policy episodes: a policy-gradient step
+    taken at the meta-parameters on episodes of an adapted policy would weigh
+    them with the wrong likelihoods (and diverged on half_cheetah_dir).
+    """
     if mode not in EPISODE_MODES:
         raise ValueError(f"unknown mode {mode!r}; valid: {', '.join(EPISODE_MODES)}")
     generator = torch.Generator().manual_seed(seed)
-    sim = family.batch(tasks, 1, seed=seed)
     meta = detached(policy.params())
-    params, memory = meta, None
-    history: list[Episodes] = []
+    explored = None
+    if num_episodes > 1:
+        explorer = family.batch(tasks, num_episodes - 1, seed=seed)
+        explored = sample(explorer, policy, meta, len(tasks), generator, device=device)
+    sim = family.batch(tasks, 1, seed=seed + 1)
     returns = []
     for episode in range(num_episodes):
+        params, memory = meta, None
+        if explored is not None and episode > 0:
+            seen = explored.first(episode)
+            if mode in ("context", "both") and policy.uses_context:
+                memory = build_memory(seen, memory_size, generator)
+            if mode in ("gradient", "both"):
+                params = detached(learner.adapt(seen, meta, create_graph=False, num_steps=1))
         episodes = sample(sim, policy, params, len(tasks), generator, memory=memory, device=device)
         returns.append(episodes.task_returns().cpu().numpy())
         if progress is not None:
             progress(f"{mode} episode {episode + 1}: mean return {returns[-1].mean():.2f}")
-        history.append(episodes)
-        if mode in ("context", "both") and policy.uses_context:
-            memory = build_memory(episodes, memory_size, generator, previous=memory)
-        if mode in ("gradient", "both"):
-            params = detached(learner.adapt(Episodes.concatenate(history), meta, create_graph=False, num_steps=1))
     return np.stack(returns)

@@ -15,13 +15,17 @@ can find the data each one shows.
 from __future__ import annotations
 
 import csv
+import math
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator, NullFormatter
+
+if TYPE_CHECKING:
+    from metarl.results import Series
 
 CSV_COLUMNS = ("curve", "mode", "x", "task_index", "stat", "value")
 """Columns of :func:`csv_rows` (long format, one number per row)."""
@@ -38,9 +42,12 @@ LOG_TICKS = (0.1, 0.2, 0.25, 0.33, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0)
 
 # --------------------------------------------------------------------- tables
 def curves(report: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]]]:
-    """``(curve, mode, curve dict)`` of every curve in ``report`` (mode ``""`` for gradient steps)."""
-    out = [("by_gradient_steps", "", report["by_gradient_steps"])]
+    """``(curve, mode, curve dict)`` of every curve in ``report``: an evaluation report's
+    (mode ``""`` for gradient steps) or a baseline report's ``by_budget`` (mode: its kind)."""
+    out = [("by_gradient_steps", "", report["by_gradient_steps"])] if "by_gradient_steps" in report else []
     out += [("by_episodes", mode, c) for mode, c in report.get("by_episodes", {}).items()]
+    if "by_budget" in report:
+        out.append(("by_budget", report["kind"], report["by_budget"]))
     return out
 
 
@@ -49,8 +56,10 @@ def csv_rows(report: dict[str, Any]) -> list[dict[str, Any]]:
     then rows with ``stat`` mean, ci95_low, ci95_high (``task_index`` empty) per point.
 
     Columns: :data:`CSV_COLUMNS`. ``curve`` is ``by_gradient_steps`` (``x``: inner
-    steps, ``mode`` empty) or ``by_episodes`` (``x``: episode k, ``mode``: context,
-    gradient or both); per-task rows have ``stat`` ``task``.
+    steps, ``mode`` empty), ``by_episodes`` (``x``: episode k, ``mode``: context,
+    gradient or both) or, for a baseline, ``by_budget`` (``x``: multiple of the
+    adaptation budget, ``mode``: scratch, multitask or oracle); per-task rows
+    have ``stat`` ``task``.
     """
     rows: list[dict[str, Any]] = []
     for name, mode, c in curves(report):
@@ -62,14 +71,16 @@ def csv_rows(report: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
-def write_csv(report: dict[str, Any], path: Path) -> None:
-    """Write :func:`csv_rows` of ``report`` to ``path`` (with a header line)."""
+def write_csv(report: dict[str, Any] | list[dict[str, Any]], path: Path) -> None:
+    """Write :func:`csv_rows` of ``report`` (or of each of a list of reports) to ``path``
+    (with a header line)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
         writer.writeheader()
-        writer.writerows(csv_rows(report))
+        for one in report if isinstance(report, list) else [report]:
+            writer.writerows(csv_rows(one))
 
 
 # --------------------------------------------------------------------- figure
@@ -179,6 +190,42 @@ def save_figure(report: dict[str, Any], path: Path, dpi: int = 120) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     adaptation_figure(report).savefig(path, dpi=dpi)
+
+
+def comparison_figure(panels: dict[str, list[Series]]) -> Figure:
+    """Meta-learned and baseline curves in one plot per panel title (a family and split).
+
+    Return against env-steps of task-specific experience (symmetric log scale,
+    linear below the smallest non-zero step count), each series' mean with its
+    95% CI band; reference series (the oracle) as a dashed horizontal line with
+    a faint band. Artists carry ``gid`` ``compare/<title>/<label>/mean`` and ``.../ci95``.
+    """
+    fig = Figure(figsize=(7.0 * len(panels), 4.8), layout="constrained")
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    for ax, (title, series) in zip(axes, panels.items(), strict=True):
+        positive = [x for s in series for x in s.env_steps if x > 0]
+        for i, s in enumerate(series):
+            color, gid = f"C{i % 10}", f"compare/{title}/{s.label}"
+            if s.reference:
+                ax.axhline(s.mean[0], color=color, linestyle="--", linewidth=1.5, label=s.label, gid=f"{gid}/mean")
+                if math.isfinite(s.ci95_low[0]) and math.isfinite(s.ci95_high[0]):
+                    ax.axhspan(s.ci95_low[0], s.ci95_high[0], color=color, alpha=0.1, linewidth=0, gid=f"{gid}/ci95")
+            else:
+                ax.plot(s.env_steps, s.mean, color=color, marker="o", linewidth=2, label=s.label, gid=f"{gid}/mean")
+                _band(ax, s.env_steps, s._asdict(), color, f"{gid}/ci95")
+        ax.set_xscale("symlog", linthresh=min(positive) if positive else 1.0)
+        ax.set_xlabel("env-steps of task-specific experience")
+        ax.set_ylabel("return")
+        ax.set_title(title)
+        ax.legend(loc="best", fontsize="x-small")
+    return fig
+
+
+def save_comparison(panels: dict[str, list[Series]], path: Path, dpi: int = 120) -> None:
+    """Write :func:`comparison_figure` of ``panels`` to ``path`` (format from its suffix)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    comparison_figure(panels).savefig(path, dpi=dpi)
 
 
 def check_figure_path(path: Path) -> None:

@@ -1,6 +1,7 @@
 """Measure how fast a meta-trained policy adapts to held-out tasks.
 
     python scripts/evaluate.py runs/<run> [--split test|ood|train] [--json FILE] [--csv FILE] [--plot FILE.png]
+    python scripts/evaluate.py [runs/<run>] --compare results/ [DIR_OR_JSON ...] --plot compare.png
 
 Two curves, per task and as a mean with a 95% confidence interval over tasks:
 the return after 0..--steps inner gradient steps, and the return of episode
@@ -16,6 +17,17 @@ and, for dynamics families, a third panel: each task's return before and after
 one step against its parameter (mass or friction multiplier; *_params: the mean
 log_1.5 body-mass multiplier), the training range shaded. The figure is drawn
 from the JSON report alone (metarl.plots), so it always shows the JSON numbers.
+The JSON also records the adaptation budget (adaptation_env_steps_per_step:
+--episodes-per-task x horizon env-steps per inner step) and what meta-training
+used so far (meta_training: iterations, env_steps, wall_clock_s).
+
+--compare DIR_OR_JSON ... overlays saved reports (evaluation JSONs, and the
+baseline reports of scripts/baselines.py) on one plot per family and split,
+written to --plot: return against env-steps of task-specific experience (inner
+step k after k x the adaptation budget, episode j after j - 1 episodes, a
+baseline after the env-steps it trained on the task), the oracle as a dashed
+line. With a run directory, that run is evaluated and drawn too; without one,
+nothing is evaluated and nothing is trained: the plot is redrawn from the files.
 """
 
 from __future__ import annotations
@@ -30,16 +42,24 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import numpy as np  # noqa: E402
 
+import envs  # noqa: E402
 from envs.dynamics import PARAM_BASES, ParamsFamily  # noqa: E402
-from metarl import checkpoint, plots  # noqa: E402
-from metarl.evaluation import EPISODE_MODES, by_episodes, by_gradient_steps, curve  # noqa: E402
+from metarl import checkpoint, plots, results  # noqa: E402
+from metarl.evaluation import (  # noqa: E402
+    EPISODE_MODES,
+    adaptation_budget,
+    by_episodes,
+    by_gradient_steps,
+    curve,
+    training_cost,
+)
 from metarl.training import torch_threads  # noqa: E402
 from scripts.runs import load_run  # noqa: E402
 
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("run_dir", type=Path, help="a run directory of scripts/meta_train.py")
+    p.add_argument("run_dir", type=Path, nargs="?", help="a run directory of scripts/meta_train.py")
     p.add_argument("--split", default="test", help="held-out tasks: test (default), ood or train")
     p.add_argument("--checkpoint", help="checkpoint file in the run directory (default: the last)")
     p.add_argument("--steps", type=int, default=3, help="inner gradient steps of the first curve (default 3)")
@@ -50,6 +70,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--json", type=Path, help="write every number to this JSON file")
     p.add_argument("--csv", type=Path, help="write every number to this CSV file (long format, see above)")
     p.add_argument("--plot", type=Path, help="draw the curves into this image file (e.g. eval.png)")
+    p.add_argument(
+        "--compare",
+        type=Path,
+        nargs="+",
+        metavar="DIR_OR_JSON",
+        help="draw these saved reports (and the run's, if given) into --plot against env-steps of experience",
+    )
     return p
 
 
@@ -69,13 +96,31 @@ def task_parameter(family: Any, tasks: list[Any]) -> dict[str, Any] | None:
     return {"name": field, "label": label, "values": values, "train_range": [low, high], "log_scale": log_scale}
 
 
+def compare(reports: list[dict[str, Any]], path: Path) -> None:
+    """Draw ``reports`` (evaluation and baseline reports) against env-steps of experience into ``path``."""
+    complete = [results.complete(r, envs.make(results.section(r)[0]).horizon) for r in reports]
+    panels = results.comparison_panels(complete)
+    plots.save_comparison(panels, path)
+    print(f"{path}: {sum(map(len, panels.values()))} curves of {len(reports)} reports in {len(panels)} plots")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         if args.steps < 0 or args.episodes < 0:
             raise ValueError("--steps and --episodes must be >= 0")
+        if args.compare and args.plot is None:
+            raise ValueError("--compare draws into --plot FILE: give one (e.g. --plot compare.png)")
+        if args.run_dir is None and not args.compare:
+            raise ValueError("give a run directory (or --compare DIR_OR_JSON ... --plot FILE to redraw saved reports)")
         if args.plot is not None:
             plots.check_figure_path(args.plot)
+        saved = results.load_reports(args.compare) if args.compare else []
+        if args.run_dir is None:
+            if not saved:
+                raise ValueError(f"no evaluation or baseline reports in {' '.join(map(str, args.compare))}")
+            compare(saved, args.plot)
+            return 0
         trainer, state = load_run(args.run_dir, args.checkpoint, args.device)
         family, policy, learner, config = trainer.family, trainer.policy, trainer.learner, trainer.config
         tasks = family.held_out_tasks(args.split)
@@ -121,6 +166,8 @@ def main(argv: list[str] | None = None) -> int:
         "config": config.to_dict(),
         "split": args.split,
         "tasks": [t.to_dict() for t in tasks],
+        **adaptation_budget(per_step, family.horizon, config.maml.num_inner_steps),
+        "meta_training": training_cost(args.run_dir, family.horizon, state["iteration"]),
         "by_gradient_steps": curve(steps, list(range(args.steps + 1))),
         "by_episodes": {m: curve(v, list(range(1, args.episodes + 1))) for m, v in episodes.items()},
     }
@@ -141,7 +188,9 @@ def main(argv: list[str] | None = None) -> int:
         args.json.write_text(json.dumps(report, indent=1))
     if args.csv:
         plots.write_csv(report, args.csv)
-    if args.plot:
+    if args.compare:
+        compare([report, *saved], args.plot)
+    elif args.plot:
         plots.save_figure(report, args.plot)
     return 0
 

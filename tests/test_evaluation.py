@@ -13,7 +13,10 @@ import envs
 from agents.maml_trpo import MAMLTRPO
 from agents.policies import GaussianMLPPolicy
 from metarl.config import MAMLConfig
+from metarl.episodes import Episodes
 from metarl.evaluation import by_episodes, by_gradient_steps, curve, mean_and_ci, student_t_quantile
+from metarl.params import detached
+from metarl.sampling import sample
 from scripts import evaluate, meta_train
 
 
@@ -63,6 +66,32 @@ def test_episodes_gradient_mode_adapts_after_the_first_episode() -> None:
     assert np.abs(frozen[1:] - moving[1:]).max() > 1e-2
     with pytest.raises(ValueError, match="valid: context, gradient, both"):
         by_episodes(family, policy, learner, tasks, 1, "magic", 8, seed=1, device=torch.device("cpu"))
+
+
+def test_first_keeps_each_tasks_first_episodes() -> None:
+    slots = torch.arange(6.0)  # 2 tasks x 3 episodes, task-major
+    steps = slots.expand(4, 6)
+    episodes = Episodes(steps.unsqueeze(-1), steps.unsqueeze(-1), steps, steps.unsqueeze(-1), torch.ones(4, 6), 2)
+    first = episodes.first(2)
+    assert first.num_tasks == 2 and first.episodes_per_task == 2
+    assert first.rewards[0].tolist() == [0.0, 1.0, 3.0, 4.0]
+    assert first.observations.shape == (4, 4, 1)
+
+
+def test_episodes_gradient_mode_steps_on_the_meta_policys_episodes() -> None:
+    """Episode k runs adapt(meta, first k - 1 exploration episodes): each inner step is on-policy."""
+    family, policy, learner = _policy_and_learner(0.5)
+    tasks = family.test_tasks()[:2]
+    returns = by_episodes(family, policy, learner, tasks, 3, "gradient", 8, seed=1, device=torch.device("cpu"))
+    generator = torch.Generator().manual_seed(1)
+    meta = detached(policy.params())
+    explored = sample(family.batch(tasks, 2, seed=1), policy, meta, 2, generator)
+    sim = family.batch(tasks, 1, seed=2)
+    expected = [sample(sim, policy, meta, 2, generator).task_returns().numpy()]
+    for k in (1, 2):
+        fast = detached(learner.adapt(explored.first(k), meta, create_graph=False, num_steps=1))
+        expected.append(sample(sim, policy, fast, 2, generator).task_returns().numpy())
+    np.testing.assert_allclose(returns, np.stack(expected), rtol=1e-6)
 
 
 @pytest.fixture(scope="module")
