@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from matplotlib import colormaps
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator, NullFormatter
@@ -205,7 +206,8 @@ def comparison_figure(panels: dict[str, list[Series]]) -> Figure:
     for ax, (title, series) in zip(axes, panels.items(), strict=True):
         positive = [x for s in series for x in s.env_steps if x > 0]
         for i, s in enumerate(series):
-            color, gid = f"C{i % 10}", f"compare/{title}/{s.label}"
+            # tab20's dark shades first, then its light ones: 20 distinct colours before one repeats
+            color, gid = colormaps["tab20"]((2 * i) % 20 + (i // 10) % 2), f"compare/{title}/{s.label}"
             if s.reference:
                 ax.axhline(s.mean[0], color=color, linestyle="--", linewidth=1.5, label=s.label, gid=f"{gid}/mean")
                 if math.isfinite(s.ci95_low[0]) and math.isfinite(s.ci95_high[0]):
