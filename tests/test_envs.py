@@ -1,5 +1,5 @@
 """Task families: names, tasks (sampling, held-out sets, JSON), bad inputs and
-Gymnasium registration (see /work/shared/task_families.md)."""
+Gymnasium registration (the definitions in README.md, "Task families")."""
 
 from __future__ import annotations
 
