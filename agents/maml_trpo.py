@@ -143,7 +143,12 @@ class MAMLTRPO:
         return masked_task_mean(kl_divergence(old_dist, new_dist), post.mask, post.num_tasks).mean()
 
     def step(
-        self, pre: Episodes, post: Episodes, memory: Memory | None = None, inner_steps: int | None = None
+        self,
+        pre: Episodes,
+        post: Episodes,
+        memory: Memory | None = None,
+        inner_steps: int | None = None,
+        max_kl: float | None = None,
     ) -> dict[str, float]:
         """One TRPO step of the meta-parameters on the meta-objective.
 
@@ -153,11 +158,13 @@ class MAMLTRPO:
             memory: the post-adaptation episodes' context (attention policies).
             inner_steps: inner steps between ``pre`` and ``post`` (default
                 ``num_inner_steps``; 0: ``post`` adapted through the context alone).
+            max_kl: this step's trust region (default ``max_kl``; the trainer passes the anneal's).
         Returns:
             Metrics: ``surrogate_before``, ``surrogate_improvement``, ``kl``,
             ``line_search_steps``, ``step_accepted``, ``grad_norm``, seconds per part.
         """
         cfg = self.config
+        max_kl = cfg.max_kl if max_kl is None else max_kl
         params = self.policy.params()
         names = list(params)
         theta = [params[k] for k in names]
@@ -179,7 +186,7 @@ class MAMLTRPO:
         fvp = self._fisher_vector_product(pre, post, memory, names, inner_steps, pre_advantages)
         direction = conjugate_gradient(fvp, gradient, cfg.cg_iterations)
         shs = 0.5 * torch.dot(direction, fvp(direction))
-        step_vector = direction / torch.sqrt(shs.clamp_min(1e-12) / cfg.max_kl)
+        step_vector = direction / torch.sqrt(shs.clamp_min(1e-12) / max_kl)
         timings["seconds/conjugate_gradient"] = time.perf_counter() - tic
 
         tic = time.perf_counter()
@@ -198,7 +205,7 @@ class MAMLTRPO:
             results[fraction] = (old_loss + float(new_surrogate), kl)
             return results[fraction]
 
-        fraction, tried = backtracking_line_search(evaluate, cfg.max_kl, cfg.line_search_steps, cfg.line_search_ratio)
+        fraction, tried = backtracking_line_search(evaluate, max_kl, cfg.line_search_steps, cfg.line_search_ratio)
         if fraction == 0.0:
             vector_to_parameters(old_vector, theta)
         timings["seconds/line_search"] = time.perf_counter() - tic

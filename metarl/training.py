@@ -152,7 +152,8 @@ class MetaTrainer:
         tic = time.perf_counter()
         pre, post, memory, steps, timing = self.collect()
         outer = time.perf_counter()
-        result = self.learner.step(pre, post, memory, inner_steps=steps)
+        max_kl = self.config.maml.max_kl_at(self.iteration)
+        result = self.learner.step(pre, post, memory, inner_steps=steps, max_kl=max_kl)
         timing["time/trpo"] = time.perf_counter() - outer
         pre_return, post_return = float(pre.task_returns().mean()), float(post.task_returns().mean())
         metrics = {
@@ -160,6 +161,7 @@ class MetaTrainer:
             "returns/post": post_return,
             "returns/gap": post_return - pre_return,
             "returns/context_only": float(steps == 0),
+            "trpo/max_kl": max_kl,
             **{f"trpo/{k}": v for k, v in result.items() if not k.startswith("seconds/")},
             **{f"time/{k.split('/')[1]}": v for k, v in result.items() if k.startswith("seconds/")},
             **timing,

@@ -415,7 +415,10 @@ def test_step_restores_the_old_parameters_when_no_step_is_accepted(monkeypatch: 
         assert isinstance(value, torch.nn.Parameter) and value.requires_grad
 
 
-def test_accepted_step_reports_its_kl_and_improvement() -> None:
+@pytest.mark.parametrize("step_max_kl", [None, 2e-4], ids=["configured", "given"])
+def test_accepted_step_reports_its_kl_and_improvement(step_max_kl: float | None) -> None:
+    """The accepted step keeps within its trust region: the configured one, or the one passed (an anneal)."""
+    bound = 1e-3 if step_max_kl is None else step_max_kl
     problem = Problem("mlp", inner_lr=0.1, max_kl=1e-3)
     learner, policy, pre, post = problem.learner, problem.policy, problem.pre, problem.post
     advantages = policy_gradient_advantages(post, learner.config.gamma, learner.config.gae_lambda)
@@ -424,14 +427,14 @@ def test_accepted_step_reports_its_kl_and_improvement() -> None:
     with torch.no_grad():
         old_dist = policy.episode_distribution(old_fast, post)
         old_log_prob = old_dist.log_prob(post.actions)
-    metrics = learner.step(pre, post)
+    metrics = learner.step(pre, post, max_kl=step_max_kl)
     assert metrics["step_accepted"] == 1.0
     with torch.enable_grad():
         new_fast = {k: v.detach() for k, v in learner.adapt(pre, leaf_params(policy), create_graph=False).items()}
     with torch.no_grad():
         surrogate, new_dist = learner.surrogate(new_fast, post, old_log_prob, advantages, None)
         kl = float(learner.mean_kl(old_dist, new_dist, post))
-    assert 0.0 < kl <= 1e-3
+    assert 0.5 * bound < kl <= bound
     assert metrics["kl"] == pytest.approx(kl, rel=1e-9)
     assert metrics["surrogate_improvement"] == pytest.approx(float(surrogate) - metrics["surrogate_before"], rel=1e-9)
     assert metrics["surrogate_improvement"] > 0

@@ -204,6 +204,8 @@ def assert_one_line_error(capsys: pytest.CaptureFixture[str], *fragments: str) -
         (["--meta-batch-size", "-3"], ["meta-batch-size", "-3"]),
         (["--inner-lr", "-0.1"], ["inner-lr", "-0.1"]),
         (["--episodes-per-task", "0"], ["episodes-per-task"]),
+        (["--max-kl-final", "0.01"], ["max-kl-anneal", "max-kl-final"]),
+        (["--max-kl-anneal", "10"], ["max-kl-anneal", "10"]),
     ],
     ids=[
         "unknown-env",
@@ -212,6 +214,8 @@ def assert_one_line_error(capsys: pytest.CaptureFixture[str], *fragments: str) -
         "negative-meta-batch",
         "negative-inner-lr",
         "zero-episodes",
+        "anneal-target-without-length",
+        "anneal-length-without-target",
     ],
 )
 def test_bad_arguments_exit_2_with_one_line(
@@ -335,10 +339,21 @@ def check_tiny_run(run: Path, env: str) -> None:
 def test_presets_set_maml_fields_and_flags_win() -> None:
     parser = meta_train.parser()
     dir_config = resolve(parser.parse_args(["--env", "half_cheetah_dir"]))
-    assert (dir_config.maml.gamma, dir_config.maml.max_kl) == (0.95, 0.03)
+    assert (dir_config.maml.gamma, dir_config.maml.max_kl, dir_config.maml.max_kl_final) == (0.95, 0.03, 0.01)
     assert resolve(parser.parse_args(["--env", "half_cheetah_dir", "--gamma", "0.9"])).maml.gamma == 0.9
     assert resolve(parser.parse_args(["--env", "half_cheetah_vel"])).maml == MAMLConfig()
     assert resolve(parser.parse_args(["--env", "point_nav"])).meta_batch_size == 20
+
+
+def test_max_kl_anneals_linearly_then_holds(tmp_path: Path) -> None:
+    config = MAMLConfig(max_kl=0.03, max_kl_final=0.01, max_kl_anneal=4)
+    assert [config.max_kl_at(i) for i in range(6)] == pytest.approx([0.03, 0.025, 0.02, 0.015, 0.01, 0.01])
+    assert MAMLConfig(max_kl=0.02).max_kl_at(1000) == 0.02
+    run = tmp_path / "run"
+    assert train(run, "--max-kl", "0.03", "--max-kl-final", "0.01", "--max-kl-anneal", "2", iterations=3) == 0
+    rows = metric_rows(run)
+    assert [float(r["trpo/max_kl"]) for r in rows] == pytest.approx([0.03, 0.02, 0.01])
+    assert all(float(r["trpo/kl"]) <= float(r["trpo/max_kl"]) for r in rows)
 
 
 @pytest.mark.parametrize("env", envs.names())
