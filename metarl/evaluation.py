@@ -53,10 +53,12 @@ def training_cost(run_dir: Path, horizon: int, iterations: int | None = None) ->
 
     Read from ``run_dir``'s ``config.json`` and ``metrics.csv`` (one row per
     finished iteration, with its ``time/iteration``): every iteration so far,
-    or the first ``iterations`` (those of a checkpoint). Each iteration samples
-    ``meta_batch_size x episodes_per_task`` episodes before and again after
-    adaptation, counted at ``horizon`` steps each (an upper bound where
-    episodes end early: ant_dir, hopper, walker).
+    or the first ``iterations`` (those of a checkpoint). The env-steps are the
+    ones the run counted (``speed/env_steps``: valid steps before and after
+    adaptation, ``env_steps_counted`` true); rows of runs that did not log them
+    count ``meta_batch_size x episodes_per_task`` episodes before and again
+    after adaptation at ``horizon`` steps each (``env_steps_counted`` false:
+    an upper bound where episodes end early: ant_dir, hopper, walker).
     """
     config_path, metrics_path = Path(run_dir) / "config.json", Path(run_dir) / "metrics.csv"
     if not (config_path.is_file() and metrics_path.is_file()):
@@ -65,9 +67,11 @@ def training_cost(run_dir: Path, horizon: int, iterations: int | None = None) ->
     with metrics_path.open() as f:
         rows = [row for row in csv.DictReader(f) if iterations is None or int(row["iteration"]) < iterations]
     per_iteration = 2 * config["meta_batch_size"] * config["episodes_per_task"] * horizon
+    counted = all(row.get("speed/env_steps") for row in rows)
     return {
         "iterations": len(rows),
-        "env_steps": len(rows) * per_iteration,
+        "env_steps": int(sum(float(row["speed/env_steps"]) for row in rows)) if counted else len(rows) * per_iteration,
+        "env_steps_counted": counted,
         "wall_clock_s": sum(float(row.get("time/iteration") or 0.0) for row in rows),
     }
 

@@ -144,7 +144,12 @@ class MetaTrainer:
             post = sample(sim, self.policy, fast, len(tasks), self.generator, memory=memory, device=self.device)
         sampling += time.perf_counter() - tic
         count = float(pre.mask.sum() + post.mask.sum())
-        timing = {"time/sampling": sampling, "time/inner_loop": inner, "speed/env_steps_per_s": count / sampling}
+        timing = {
+            "time/sampling": sampling,
+            "time/inner_loop": inner,
+            "speed/env_steps": count,
+            "speed/env_steps_per_s": count / sampling,
+        }
         return pre, post, memory, steps, timing
 
     def step(self) -> dict[str, float]:

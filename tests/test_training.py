@@ -27,6 +27,7 @@ from agents.maml_trpo import MAMLTRPO
 from metarl import checkpoint
 from metarl.checkpoint import CheckpointError
 from metarl.config import MAMLConfig, TrainConfig, resolve
+from metarl.evaluation import training_cost
 from metarl.sampling import sample
 from metarl.training import CHECKPOINT, MetaTrainer
 
@@ -354,6 +355,24 @@ def test_max_kl_anneals_linearly_then_holds(tmp_path: Path) -> None:
     rows = metric_rows(run)
     assert [float(r["trpo/max_kl"]) for r in rows] == pytest.approx([0.03, 0.02, 0.01])
     assert all(float(r["trpo/kl"]) <= float(r["trpo/max_kl"]) for r in rows)
+
+
+def test_training_cost_counts_the_steps_episodes_took(tmp_path: Path) -> None:
+    """Hopper's episodes end when it falls: the run counts their steps, not the horizon's upper bound."""
+    run = tmp_path / "run"
+    assert train(run, env="hopper_params", iterations=2) == 0
+    horizon = envs.make("hopper_params").horizon
+    upper_bound = 2 * 2 * (3 * 2 * horizon)  # iterations x (pre, post) x tasks x episodes x horizon
+    cost = training_cost(run, horizon)
+    assert cost is not None and cost["env_steps_counted"] and cost["iterations"] == 2
+    assert cost["env_steps"] == sum(int(float(r["speed/env_steps"])) for r in metric_rows(run))
+    assert 0 < cost["env_steps"] < upper_bound
+    rows = metric_rows(run)  # a run from before the count: the upper bound, said so
+    with (run / "metrics.csv").open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=[k for k in rows[0] if k != "speed/env_steps"], extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    assert training_cost(run, horizon) == {**cost, "env_steps": upper_bound, "env_steps_counted": False}
 
 
 @pytest.mark.parametrize("env", envs.names())
