@@ -32,10 +32,10 @@ context adaptation), while the head scope adapts the policy's own features.
 Two computations, which agree to rounding:
 
 * :meth:`AttentionPolicy.episode_distribution` (losses): the whole ``[T, B]``
-  batch at once. Keys/values are computed once per transition; the window
-  scores come from ``W`` shifted views of the key tensor (a loop over offsets
-  of elementwise products), the weighted values from ``W`` shifted
-  multiply-adds; no ``[T, B, W, ...]`` tensor is built.
+  batch at once. Keys/values are computed once per transition; time is cut
+  into blocks of ``W`` steps and each block's queries score the keys of their
+  own and the previous block in one batched matmul (a band mask keeps each
+  step's last ``W``); no ``[T, B, W, ...]`` tensor of keys is built.
 * :meth:`AttentionPolicy.start` / :meth:`~AttentionPolicy.act` /
   :meth:`~AttentionPolicy.observe` (sampling): a sliding buffer of the last ``W``
   keys/values per slot, each transition embedded once when observed.
@@ -100,7 +100,7 @@ class AttentionState:
 
 
 WindowWeigher = Callable[[Tensor], Tensor]
-"""Maps window attention weights ``[..., H, W]`` to the weighted sum of window values ``[..., H, d]``."""
+"""Maps attention weights ``[..., H, K]`` over ``K`` entries to the weighted sum of their values ``[..., H, d]``."""
 
 
 class AttentionPolicy(Policy):
@@ -240,25 +240,37 @@ class AttentionPolicy(Policy):
         """Task summary ``z [..., N, S, E]`` from scaled queries ``q [..., N, S, H, d]``.
 
         Args:
-            window: ``(scores [..., N, S, H, W], valid (bool, broadcastable to scores), weigher)``.
+            window: ``(scores [..., N, S, H, K], valid (bool, broadcastable to scores), weigher)``.
             memory: keys/values ``[N, M, H, d]`` and mask ``[N, M]``.
         """
         null_key, null_value = self._null(params, "null_key"), self._null(params, "null_value")
-        scores = [(q * null_key).sum(-1, keepdim=True)]  # the null entry, always valid
+        null_scores = (q * null_key).sum(-1, keepdim=True)  # the null entry, always valid
+        parts: list[tuple[Tensor, WindowWeigher]] = []  # (masked scores, weigher of their values)
         if window is not None:
-            window_scores, window_valid, _ = window
-            scores.append(window_scores.masked_fill(~window_valid, -math.inf))
+            window_scores, window_valid, weigh = window
+            parts.append((window_scores.masked_fill(~window_valid, -math.inf), weigh))
         if memory is not None:
             memory_scores = torch.einsum("...nshd,nmhd->...nshm", q, memory.keys)
-            scores.append(memory_scores.masked_fill(~memory.mask[:, None, None, :], -math.inf))
-        weights = torch.softmax(torch.cat(scores, dim=-1), dim=-1)
-        attended = weights[..., :1] * null_value
-        used = 1
-        if window is not None:
-            attended = attended + window[2](weights[..., used : used + self.window])
-            used += self.window
-        if memory is not None:
-            attended = attended + torch.einsum("...nshm,nmhd->...nshd", weights[..., used:], memory.values)
+            values = memory.values
+            parts.append(
+                (
+                    memory_scores.masked_fill(~memory.mask[:, None, None, :], -math.inf),
+                    lambda weights: torch.einsum("...nshm,nmhd->...nshd", weights, values),
+                )
+            )
+        # The softmax over the entries of all parts, without concatenating them: each part's
+        # exp(score - shift) weighs its own values and the sum is divided once by the total weight.
+        # The shift, a detached bound of every valid score, keeps exp() <= 1 and changes nothing else.
+        shift = null_scores.detach()
+        for scores, _ in parts:
+            shift = torch.maximum(shift, scores.detach().amax(-1, keepdim=True))
+        weights = torch.exp(null_scores - shift)
+        total, attended = weights, weights * null_value
+        for scores, weigh in parts:
+            weights = torch.exp(scores - shift)
+            total = total + weights.sum(-1, keepdim=True)
+            attended = attended + weigh(weights)
+        attended = attended / total
         return self._linear(params, "out", attended.flatten(-2))
 
     def _distribution(self, params: Params, h: Tensor, z: Tensor, batch_shape: torch.Size) -> Independent:
@@ -279,33 +291,42 @@ class AttentionPolicy(Policy):
     def _window_batched(
         self, q: Tensor, keys: Tensor, values: Tensor, valid: Tensor
     ) -> tuple[Tensor, Tensor, WindowWeigher]:
-        """Causal-window scores by shifted views.
+        """Causal-window scores by blocks of ``W`` steps, each attending to itself and the block before.
 
         Args:
             q, keys, values: ``[T, N, S, H, d]``; ``keys[t]`` is the key of transition ``t``.
             valid: ``[T, N, S]`` bool mask of the transitions.
 
         Returns:
-            scores ``[T, N, S, H, W]`` (entry ``j - 1``: ``q[t] . keys[t - j]``), their validity
-            ``[T, N, S, 1, W]`` and the weigher of the values.
+            scores ``[T, N, S, H, 2W]`` (entry ``k`` of step ``t = bW + i``: ``q[t] . keys[(b - 1)W + k]``,
+            zero keys before step 0), their validity ``[T, N, S, 1, 2W]`` (the ``W`` entries
+            ``i <= k < i + W``, i.e. steps ``t - W .. t - 1``, where those are valid) and the weigher.
+            One batched matmul per product instead of ``W`` shifted elementwise products, whose
+            slicing costs a full-size copy each in every backward pass; a step scores ``2W`` keys,
+            half of them masked.
         """
         horizon, size = q.shape[0], self.window
-        padded_keys = torch.cat([keys.new_zeros((size, *keys.shape[1:])), keys])
-        padded_values = torch.cat([values.new_zeros((size, *values.shape[1:])), values])
-        padded_valid = torch.cat([valid.new_zeros((size, *valid.shape[1:])), valid])
+        blocks = -(-horizon // size)
+        tail = blocks * size - horizon
 
-        def shifted(x: Tensor, offset: int) -> Tensor:  # x[t - offset] for t in 0..T-1 (padding before 0)
-            return x[size - offset : size - offset + horizon]
+        def in_blocks(x: Tensor, front: int) -> Tensor:  # [T, ...] -> [blocks (+1), W, ...], zero padded
+            padding = (x.new_zeros((front, *x.shape[1:])), x, x.new_zeros((tail, *x.shape[1:])))
+            return torch.cat(padding).unflatten(0, (-1, size))
 
-        offsets = range(1, size + 1)
-        scores = torch.stack([(q * shifted(padded_keys, j)).sum(-1) for j in offsets], dim=-1)
-        scores_valid = torch.stack([shifted(padded_valid, j) for j in offsets], dim=-1).unsqueeze(-2)
+        def with_previous(x: Tensor) -> Tensor:  # [blocks + 1, W, ...] -> [blocks, 2W, ...]
+            return torch.cat([x[:-1], x[1:]], dim=1)
+
+        pair_keys, pair_values = with_previous(in_blocks(keys, size)), with_previous(in_blocks(values, size))
+        pair_valid = with_previous(in_blocks(valid, size)).permute(0, 2, 3, 1)  # [blocks, N, S, 2W]
+        scores = torch.einsum("bcnshd,bknshd->bcnshk", in_blocks(q, 0), pair_keys).flatten(0, 1)[:horizon]
+        step, key = torch.arange(size, device=q.device)[:, None], torch.arange(2 * size, device=q.device)
+        band = (key >= step) & (key < step + size)  # [W, 2W]
+        scores_valid = band[None, :, None, None, :] & pair_valid[:, None]  # [blocks, W, N, S, 2W]
+        scores_valid = scores_valid.flatten(0, 1)[:horizon].unsqueeze(-2)
 
         def weigh(weights: Tensor) -> Tensor:
-            total = weights[..., 0:1] * shifted(padded_values, 1)
-            for j in offsets[1:]:
-                total = total + weights[..., j - 1 : j] * shifted(padded_values, j)
-            return total
+            blocked = in_blocks(weights, 0)
+            return torch.einsum("bcnshk,bknshd->bcnshd", blocked, pair_values).flatten(0, 1)[:horizon]
 
         return scores, scores_valid, weigh
 
