@@ -11,7 +11,10 @@ checkpoint_NNNNN.pt every --checkpoint-every iterations.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import signal
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -57,6 +60,22 @@ def build(args: argparse.Namespace) -> MetaTrainer:
     return trainer
 
 
+@contextlib.contextmanager
+def interruptible() -> Iterator[None]:
+    """SIGTERM, and SIGINT even where the shell made a background job ignore it, raise
+    KeyboardInterrupt (the run stops after its last checkpoint); the old handlers come back after."""
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    previous = {number: signal.signal(number, interrupt) for number in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
@@ -67,7 +86,8 @@ def main(argv: list[str] | None = None) -> int:
     cfg = trainer.config
     print(f"{trainer.run_dir}: {cfg.env} ({cfg.variant}), {cfg.policy} policy, preset from {preset(cfg.env)[0]}")
     try:
-        metrics = trainer.train(progress=not args.no_progress)
+        with interruptible():
+            metrics = trainer.train(progress=not args.no_progress)
     except KeyboardInterrupt:
         print(
             f"\ninterrupted after iteration {trainer.iteration}; resume with --resume {trainer.run_dir}",

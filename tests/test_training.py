@@ -14,6 +14,10 @@ import csv
 import importlib.util
 import math
 import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -344,6 +348,28 @@ def test_presets_set_maml_fields_and_flags_win() -> None:
     assert resolve(parser.parse_args(["--env", "half_cheetah_dir", "--gamma", "0.9"])).maml.gamma == 0.9
     assert resolve(parser.parse_args(["--env", "half_cheetah_vel"])).maml == MAMLConfig()
     assert resolve(parser.parse_args(["--env", "point_nav"])).meta_batch_size == 20
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["sigterm", "ignored-sigint"])
+def test_a_signal_stops_the_run_after_its_last_checkpoint(tmp_path: Path, signum: int) -> None:
+    """kill (SIGTERM), and Ctrl-C sent to a run that a non-interactive shell started in the background
+    (SIGINT ignored on entry): exit 130 with the resume hint, a readable checkpoint, and resume continues."""
+    run = tmp_path / "run"
+    command = [sys.executable, str(SCRIPT), *tiny_args(run, iterations=10_000)]
+    ignore_sigint = lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)  # noqa: E731
+    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, preexec_fn=ignore_sigint)
+    deadline = time.monotonic() + 120
+    while not (run / "metrics.csv").exists() or len(metric_rows(run)) < 2:
+        assert process.poll() is None and time.monotonic() < deadline, "the run did not get going"
+        time.sleep(0.2)
+    process.send_signal(signum)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130, stderr
+    assert "interrupted after iteration" in stderr and f"--resume {run}" in stderr
+    done = checkpoint.load(run / CHECKPOINT)["iteration"]  # the row of iteration 2 may precede its checkpoint
+    assert done >= 1
+    assert meta_train.main(["--resume", str(run), "--iterations", str(done + 1), "--no-progress"]) == 0
+    assert [int(r["iteration"]) for r in metric_rows(run)] == list(range(done + 1))
 
 
 def test_max_kl_anneals_linearly_then_holds(tmp_path: Path) -> None:
