@@ -16,8 +16,10 @@ baseline after training on the task with k times one step's env-steps
 1, 10 and 100 columns; the multi-task agent before and after fine-tuning the
 "before" and 1 columns; the oracle, which never adapts, "before"). "after j
 episodes" is the return of episode j + 1 when the policy may use the j
-episodes before it (``evaluate.py --episodes 11`` fills all three). Reports of
-the same row (several seeds) are averaged: the cell is the mean over seeds with
+episodes before it (``evaluate.py --episodes 11`` fills all three). A MAML row
+is a policy and the training settings that differ from the family's preset
+(:func:`policy_name`), so only runs that differ in seed or budget share one.
+Reports of the same row (several seeds) are averaged: the cell is the mean over seeds with
 a 95% Student-t interval over seeds; with one seed, the interval is the
 report's, over tasks. Training columns: meta-training's env-steps and
 wall-clock (``meta_training`` of the evaluation report), or the sum over a
@@ -128,10 +130,19 @@ def complete(report: dict[str, Any], horizon: int) -> dict[str, Any]:
     return {**report, **added}
 
 
+RUN_SETTINGS = ("env", "variant", "policy", "seed", "iterations", "time_limit", "checkpoint_every", "device")
+"""Config fields that do not tell runs' rows apart: the table's section, the row's policy,
+the seed (rows average over it), and the budget and bookkeeping of a run."""
+
+
 def policy_name(config: dict[str, Any]) -> str:
-    """The policy of an evaluation report's run, with a context fraction where it trained with one."""
-    fraction = config.get("context_fraction", 0.0)
-    return f"{config['policy']}, context-fraction {fraction:g}" if fraction else config["policy"]
+    """The policy of an evaluation report's run with every setting it trained with that differs
+    from the defaults and the family's preset (``mlp, max-kl 0.06``), so that runs of different
+    settings get different rows and only seeds are averaged."""
+    settings = [
+        f"{flag[2:]} {' '.join(values)}" for name, flag, values in changed_flags(config) if name not in RUN_SETTINGS
+    ]
+    return ", ".join([config["policy"], *settings])
 
 
 def row_label(kind: str, name: str) -> str:
@@ -235,24 +246,35 @@ def _values(by_steps: dict[str, Any] | None, by_episodes: dict[str, Any] | None)
     return values
 
 
-def training_command(config: dict[str, Any]) -> str:
-    """The ``meta_train.py`` command of a run's config: ``--env``, ``--policy``, ``--seed`` and
-    every field that differs from the defaults and the family's preset."""
+def changed_flags(config: dict[str, Any]) -> list[tuple[str, str, list[str]]]:
+    """``(field, flag, values)`` of every field of a run's config that differs from the defaults
+    and the family's preset."""
     saved = TrainConfig.from_dict(config)
     default = TrainConfig.from_dict({**preset(saved.env)[1], "env": saved.env})
-    flags = ["--env", saved.env, "--policy", saved.policy, "--seed", str(saved.seed)]
     pairs: list[tuple[Any, Any, dataclasses.Field[Any]]]
     pairs = [(saved, default, f) for f in dataclasses.fields(TrainConfig) if f.name != "maml"]
     pairs += [(saved.maml, default.maml, f) for f in dataclasses.fields(saved.maml)]
+    out: list[tuple[str, str, list[str]]] = []
     for ours, theirs, field in pairs:
         value = getattr(ours, field.name)
-        if field.name in ("env", "policy", "seed") or value == getattr(theirs, field.name):
+        if value == getattr(theirs, field.name):
             continue
         flag = "--" + field.name.replace("_", "-")
         if isinstance(value, bool):
-            flags.append(flag if value else "--no-" + flag[2:])
+            out.append((field.name, flag if value else "--no-" + flag[2:], []))
         else:
-            flags += [flag, *map(str, value if isinstance(value, tuple) else [value])]
+            values = value if isinstance(value, tuple) else (value,)
+            out.append((field.name, flag, [str(v) for v in values]))
+    return out
+
+
+def training_command(config: dict[str, Any]) -> str:
+    """The ``meta_train.py`` command of a run's config: ``--env``, ``--policy``, ``--seed`` and
+    every field that differs from the defaults and the family's preset."""
+    flags = ["--env", config["env"], "--policy", config["policy"], "--seed", str(config["seed"])]
+    for name, flag, values in changed_flags(config):
+        if name not in ("env", "policy", "seed"):
+            flags += [flag, *values]
     return " ".join(["python", "scripts/meta_train.py", *flags])
 
 

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -319,7 +320,7 @@ def test_results_table_from_saved_reports(evaluated: Path, baseline_dir: Path, t
     assert row[headers.index("after 3 steps")].startswith(f"{scratch['mean'][1]:.1f} [")
     assert row[headers.index("before adaptation")] == row[headers.index("after 10 steps")] == "–"
     evaluation = json.loads(evaluated.read_text())
-    maml = rows["MAML + MLP"]
+    maml = rows["MAML + MLP, meta-batch-size 2, episodes-per-task 2"]  # the settings it differs from the preset in
     assert maml[headers.index("before adaptation")].startswith(f"{evaluation['by_gradient_steps']['mean'][0]:.1f}")
     episode_2 = evaluation["by_episodes"]["gradient"]["mean"][1]  # after 1 episode of experience
     assert maml[headers.index("after 1 episode")].startswith(f"{episode_2:.1f}")
@@ -353,6 +354,20 @@ def test_training_command_gives_the_runs_config(config: TrainConfig) -> None:
     command = results.training_command(config.to_dict()).split()
     assert command[:2] == ["python", "scripts/meta_train.py"]
     assert resolve_config(meta_train.parser().parse_args(command[2:])) == config
+
+
+def test_only_seeds_and_budgets_share_a_row() -> None:
+    parser = meta_train.parser()
+    preset = resolve_config(parser.parse_args(["--env", "half_cheetah_dir", "--policy", "mlp"]))
+    assert results.policy_name(preset.to_dict()) == "mlp"
+    other_seed = dataclasses.replace(preset, seed=3, time_limit=45.0, iterations=9, checkpoint_every=5)
+    assert results.policy_name(other_seed.to_dict()) == "mlp"
+    inner_lr, max_kl = preset.maml.inner_lr * 3, preset.maml.max_kl / 2
+    changed = dataclasses.replace(preset, maml=dataclasses.replace(preset.maml, inner_lr=inner_lr, max_kl=max_kl))
+    assert results.policy_name(changed.to_dict()) == f"mlp, inner-lr {inner_lr}, max-kl {max_kl}"
+    assert results.policy_name({**changed.to_dict(), "hidden_sizes": [100, 100]}) == (
+        f"mlp, hidden-sizes 100 100, inner-lr {inner_lr}, max-kl {max_kl}"
+    )
 
 
 def _report(seed: int, per_task: np.ndarray, kind: str = "scratch") -> dict[str, Any]:
@@ -399,9 +414,10 @@ def test_compare_plot_redraws_saved_reports(evaluated: Path, baseline_dir: Path,
     reference = artists["compare/point_nav, test tasks/oracle (PPO, observes the task)/mean"]
     assert list(reference.get_ydata()) == [oracle["mean"][0]] * 2  # a horizontal line
     evaluation = json.loads(evaluated.read_text())
-    maml = artists["compare/point_nav, test tasks/MAML + MLP, inner steps/mean"]
+    policy = "MLP, meta-batch-size 2, episodes-per-task 2"
+    maml = artists[f"compare/point_nav, test tasks/MAML + {policy}, inner steps/mean"]
     np.testing.assert_array_equal(maml.get_xdata(), [0, evaluation["adaptation_env_steps_per_step"]])
-    episodes = artists["compare/point_nav, test tasks/MLP, episodes (gradient)/mean"]
+    episodes = artists[f"compare/point_nav, test tasks/{policy}, episodes (gradient)/mean"]
     np.testing.assert_array_equal(episodes.get_xdata(), [0, 100, 200, 300])
     assert evaluate_script.main(["--compare", str(root)]) == 2
     assert "--compare draws into --plot FILE" in capsys.readouterr().err
