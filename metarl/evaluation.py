@@ -135,6 +135,12 @@ def mean_and_ci(values: np.ndarray, level: float = 0.95) -> tuple[np.ndarray, np
     return mean, student_t_quantile(0.5 + level / 2, n - 1) * sem
 
 
+def mean_over_repeats(per_trial: np.ndarray, repeats: int) -> np.ndarray:
+    """``[P, repeats * T]`` returns of independent trials, trial r of task t at ``r * T + t``
+    (the task list repeated), as ``[P, T]`` per-task means."""
+    return per_trial.reshape(per_trial.shape[0], repeats, -1).mean(axis=1)
+
+
 def curve(per_task: np.ndarray, x: list[int]) -> dict[str, Any]:
     """A curve's JSON form: ``x``, per-task values ``[len(x), N]``, mean and 95% CI."""
     mean, half = mean_and_ci(per_task)

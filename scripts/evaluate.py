@@ -6,7 +6,9 @@
 Two curves, per task and as a mean with a 95% confidence interval over tasks:
 the return after 0..--steps inner gradient steps, and the return of episode
 k = 1..--episodes when the policy may use the task's earlier episodes
-(context only, gradient only, both).
+(context only, gradient only, both). --repeats R runs R independent
+adaptation trials per task (one batch) and averages them into the task's value:
+the interval stays over tasks, each task's value is less noisy.
 
 --csv writes every number in long format, one per row, with the columns
 curve,mode,x,task_index,stat,value: per-task rows have stat "task", and each
@@ -51,6 +53,7 @@ from metarl.evaluation import (  # noqa: E402
     by_episodes,
     by_gradient_steps,
     curve,
+    mean_over_repeats,
     training_cost,
 )
 from metarl.training import torch_threads  # noqa: E402
@@ -66,6 +69,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--episodes", type=int, default=10, help="episodes of experience of the second curve (default 10)")
     p.add_argument("--episodes-per-task", type=int, help="episodes per inner step (default: the run's)")
     p.add_argument("--seed", type=int, default=0, help="seed of the evaluation episodes")
+    p.add_argument(
+        "--repeats",
+        type=int,
+        default=1,
+        help="independent adaptation trials per task, averaged into its value (default 1; worth it "
+        "where a split has few tasks, like half_cheetah_dir's two directions)",
+    )
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--json", type=Path, help="write every number to this JSON file")
     p.add_argument("--csv", type=Path, help="write every number to this CSV file (long format, see above)")
@@ -109,6 +119,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.steps < 0 or args.episodes < 0:
             raise ValueError("--steps and --episodes must be >= 0")
+        if args.repeats < 1:
+            raise ValueError(f"invalid --repeats {args.repeats}: must be >= 1")
         if args.compare and args.plot is None:
             raise ValueError("--compare draws into --plot FILE: give one (e.g. --plot compare.png)")
         if args.run_dir is None and not args.compare:
@@ -128,13 +140,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"evaluate: error: {error}", file=sys.stderr)
         return 2
     per_step = args.episodes_per_task or config.episodes_per_task
-    print(f"{args.run_dir} (iteration {state['iteration']}): {len(tasks)} {args.split} tasks of {config.env}")
+    repeats = f", {args.repeats} trials each" if args.repeats > 1 else ""
+    print(f"{args.run_dir} (iteration {state['iteration']}): {len(tasks)} {args.split} tasks of {config.env}{repeats}")
+    trials = tasks * args.repeats  # one batch; trial r of task t is slot r * len(tasks) + t
     with torch_threads(1):
         steps = by_gradient_steps(
             family,
             policy,
             learner,
-            tasks,
+            trials,
             args.steps,
             per_step,
             config.memory_size,
@@ -148,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
                 family,
                 policy,
                 learner,
-                tasks,
+                trials,
                 args.episodes,
                 mode,
                 config.memory_size,
@@ -166,10 +180,13 @@ def main(argv: list[str] | None = None) -> int:
         "config": config.to_dict(),
         "split": args.split,
         "tasks": [t.to_dict() for t in tasks],
+        "repeats": args.repeats,
         **adaptation_budget(per_step, family.horizon, config.maml.num_inner_steps),
         "meta_training": training_cost(args.run_dir, family.horizon, state["iteration"]),
-        "by_gradient_steps": curve(steps, list(range(args.steps + 1))),
-        "by_episodes": {m: curve(v, list(range(1, args.episodes + 1))) for m, v in episodes.items()},
+        "by_gradient_steps": curve(mean_over_repeats(steps, args.repeats), list(range(args.steps + 1))),
+        "by_episodes": {
+            m: curve(mean_over_repeats(v, args.repeats), list(range(1, args.episodes + 1))) for m, v in episodes.items()
+        },
     }
     parameter = task_parameter(family, tasks)
     if parameter is not None:

@@ -17,7 +17,9 @@ from metarl.episodes import Episodes
 from metarl.evaluation import by_episodes, by_gradient_steps, curve, mean_and_ci, student_t_quantile
 from metarl.params import detached
 from metarl.sampling import sample
+from metarl.training import torch_threads
 from scripts import evaluate, meta_train
+from scripts.runs import load_run
 
 
 @pytest.mark.parametrize(("dof", "expected"), [(1, 12.7062), (2, 4.3027), (4, 2.7764), (10, 2.2281), (39, 2.0227)])
@@ -137,6 +139,31 @@ def test_evaluate_writes_consistent_json(tiny_run: Path, tmp_path: Path) -> None
         assert all(lo <= m <= hi for lo, m, hi in zip(c["ci95_low"], c["mean"], c["ci95_high"], strict=True))
 
 
+def test_repeats_average_independent_trials_of_each_task(tiny_run: Path, tmp_path: Path) -> None:
+    out = tmp_path / "eval.json"
+    argv = [str(tiny_run), "--steps", "1", "--episodes", "1", "--episodes-per-task", "2", "--seed", "3"]
+    assert evaluate.main([*argv, "--repeats", "2", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["repeats"] == 2 and len(report["tasks"]) == 40
+    trainer, _ = load_run(tiny_run, None, "cpu")
+    tasks = trainer.family.held_out_tasks("test")
+    with torch_threads(1):
+        trials = by_gradient_steps(
+            trainer.family,
+            trainer.policy,
+            trainer.learner,
+            tasks * 2,
+            1,
+            2,
+            trainer.config.memory_size,
+            seed=3,
+            device=torch.device("cpu"),
+        )
+    first, second = trials[:, :40], trials[:, 40:]
+    assert not np.allclose(first, second)  # independent trials, not one trial twice
+    np.testing.assert_allclose(report["by_gradient_steps"]["per_task"], (first + second) / 2, rtol=1e-6)
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
@@ -145,6 +172,7 @@ def test_evaluate_writes_consistent_json(tiny_run: Path, tmp_path: Path) -> None
         (["{run}", "--split", "valid"], "unknown split"),
         (["{run}", "--checkpoint", "checkpoint_09999.pt"], "no checkpoint checkpoint_09999.pt"),
         (["{run}", "--steps", "-1"], "must be >= 0"),
+        (["{run}", "--repeats", "0"], "invalid --repeats 0: must be >= 1"),
     ],
 )
 def test_evaluate_bad_input(
