@@ -48,6 +48,10 @@ def adaptation_budget(episodes_per_step: int, horizon: int, inner_steps: int) ->
     }
 
 
+BEST_SELECTION = "best training return"
+"""``checkpoint_selection`` of a report whose checkpoint ``evaluate.py --checkpoint best`` chose."""
+
+
 def training_cost(run_dir: Path, horizon: int, iterations: int | None = None) -> dict[str, Any] | None:
     """Iterations, env-steps and wall-clock seconds a meta-training run used, or None.
 

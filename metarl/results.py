@@ -38,7 +38,8 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from metarl.config import TrainConfig, preset
-from metarl.evaluation import adaptation_budget, mean_and_ci, training_cost
+from metarl.evaluation import BEST_SELECTION, adaptation_budget, mean_and_ci, training_cost
+from metarl.training import CHECKPOINT
 
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 """Markers around the generated table in the README."""
@@ -145,6 +146,16 @@ def policy_name(config: dict[str, Any]) -> str:
     return ", ".join([config["policy"], *settings])
 
 
+def run_name(report: dict[str, Any]) -> str:
+    """:func:`policy_name` of an evaluation report's run, and which checkpoint it evaluated where
+    that was not the last (``evaluate.py --checkpoint best`` or a numbered one)."""
+    name = policy_name(report["config"])
+    if report.get("checkpoint_selection") == BEST_SELECTION:
+        return f"{name}, best checkpoint"
+    checkpoint = report.get("checkpoint", CHECKPOINT)
+    return name if checkpoint == CHECKPOINT else f"{name}, {checkpoint}"
+
+
 def row_label(kind: str, name: str) -> str:
     """The row of ``(kind, name)``: kind maml/context (name: the policy) or a baseline (name: the algorithm)."""
     policy = name.replace("mlp", "MLP")
@@ -187,7 +198,7 @@ def experience_series(report: dict[str, Any]) -> list[Series]:
         c = report["by_budget"]
         return [_series(label, c["env_steps"], c, reference=report["kind"] == "oracle")]
     per_step, horizon = report["adaptation_env_steps_per_step"], report["horizon"]
-    policy = policy_name(report["config"]).replace("mlp", "MLP")
+    policy = run_name(report).replace("mlp", "MLP")
     steps = report["by_gradient_steps"]
     out = [_series(f"MAML + {policy}, inner steps", [k * per_step for k in steps["x"]], steps)]
     for mode, c in report.get("by_episodes", {}).items():
@@ -297,7 +308,7 @@ def entries(report: dict[str, Any]) -> dict[tuple[str, str], Entry]:
     cost = report.get("meta_training") or {}
     commands = [training_command(config), report["command"]]
     seed, env_steps, wall = config["seed"], cost.get("env_steps"), cost.get("wall_clock_s")
-    policy = policy_name(config)
+    policy = run_name(report)
     rows = {
         ("maml", policy): Entry(
             _values(report["by_gradient_steps"], episodes.get("gradient")), seed, tasks, env_steps, wall, commands

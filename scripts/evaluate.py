@@ -48,6 +48,7 @@ import envs  # noqa: E402
 from envs.dynamics import PARAM_BASES, ParamsFamily  # noqa: E402
 from metarl import checkpoint, plots, results  # noqa: E402
 from metarl.evaluation import (  # noqa: E402
+    BEST_SELECTION,
     EPISODE_MODES,
     adaptation_budget,
     by_episodes,
@@ -56,15 +57,19 @@ from metarl.evaluation import (  # noqa: E402
     mean_over_repeats,
     training_cost,
 )
-from metarl.training import torch_threads  # noqa: E402
-from scripts.runs import load_run  # noqa: E402
+from metarl.training import CHECKPOINT, torch_threads  # noqa: E402
+from scripts.runs import BEST, best_checkpoint, load_run  # noqa: E402
 
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run_dir", type=Path, nargs="?", help="a run directory of scripts/meta_train.py")
     p.add_argument("--split", default="test", help="held-out tasks: test (default), ood or train")
-    p.add_argument("--checkpoint", help="checkpoint file in the run directory (default: the last)")
+    p.add_argument(
+        "--checkpoint",
+        help="checkpoint file in the run directory (default: the last), or best: the kept checkpoint whose "
+        "last checkpoint-every iterations had the highest training return after adaptation (training tasks only)",
+    )
     p.add_argument("--steps", type=int, default=3, help="inner gradient steps of the first curve (default 3)")
     p.add_argument("--episodes", type=int, default=10, help="episodes of experience of the second curve (default 10)")
     p.add_argument("--episodes-per-task", type=int, help="episodes per inner step (default: the run's)")
@@ -133,7 +138,8 @@ def main(argv: list[str] | None = None) -> int:
                 raise ValueError(f"no evaluation or baseline reports in {' '.join(map(str, args.compare))}")
             compare(saved, args.plot)
             return 0
-        trainer, state = load_run(args.run_dir, args.checkpoint, args.device)
+        name = best_checkpoint(args.run_dir) if args.checkpoint == BEST else args.checkpoint
+        trainer, state = load_run(args.run_dir, name, args.device)
         family, policy, learner, config = trainer.family, trainer.policy, trainer.learner, trainer.config
         tasks = family.held_out_tasks(args.split)
     except (ValueError, checkpoint.CheckpointError) as error:
@@ -141,7 +147,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     per_step = args.episodes_per_task or config.episodes_per_task
     repeats = f", {args.repeats} trials each" if args.repeats > 1 else ""
-    print(f"{args.run_dir} (iteration {state['iteration']}): {len(tasks)} {args.split} tasks of {config.env}{repeats}")
+    where = f"{args.run_dir}/{name or CHECKPOINT} (iteration {state['iteration']})"
+    print(f"{where}: {len(tasks)} {args.split} tasks of {config.env}{repeats}")
     trials = tasks * args.repeats  # one batch; trial r of task t is slot r * len(tasks) + t
     with torch_threads(1):
         steps = by_gradient_steps(
@@ -174,7 +181,8 @@ def main(argv: list[str] | None = None) -> int:
         }
     report = {
         "run_dir": str(args.run_dir),
-        "checkpoint": args.checkpoint or "checkpoint.pt",
+        "checkpoint": name or CHECKPOINT,
+        "checkpoint_selection": BEST_SELECTION if args.checkpoint == BEST else "given",
         "iteration": state["iteration"],
         "command": " ".join(["python", "scripts/evaluate.py", *(argv if argv is not None else sys.argv[1:])]),
         "config": config.to_dict(),

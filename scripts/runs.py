@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -26,6 +28,33 @@ def checkpoint_path(run_dir: Path, name: str | None = None) -> Path:
         kept = sorted(p.name for p in run_dir.glob("checkpoint*.pt"))
         raise ValueError(f"no checkpoint {path.name} in {run_dir}; available: {', '.join(kept) or 'none'}")
     return path
+
+
+BEST = "best"
+"""``--checkpoint best``: the checkpoint :func:`best_checkpoint` chooses."""
+
+
+def best_checkpoint(run_dir: Path) -> str:
+    """The kept checkpoint whose last ``checkpoint_every`` iterations had the highest mean training
+    return after adaptation (``returns/post`` of ``metrics.csv``): a choice made on the training
+    tasks alone, like keeping the best model on a validation signal. Candidates are the numbered
+    checkpoints and the last one (``checkpoint.pt``)."""
+    last = checkpoint.load(checkpoint_path(run_dir))["iteration"]
+    every = int(json.loads((run_dir / "config.json").read_text())["checkpoint_every"])
+    post: dict[int, float] = {}
+    if (run_dir / "metrics.csv").is_file():
+        with (run_dir / "metrics.csv").open() as f:
+            post = {int(row["iteration"]): float(row["returns/post"]) for row in csv.DictReader(f)}
+    done = {int(p.stem.split("_")[1]): p.name for p in run_dir.glob("checkpoint_[0-9]*.pt")}
+    done.setdefault(last, CHECKPOINT)
+    score = {
+        name: sum(block) / len(block)
+        for iterations, name in done.items()
+        if (block := [post[i] for i in range(iterations - every, iterations) if i in post])
+    }
+    if not score:
+        raise ValueError(f"{run_dir}: no checkpoint with logged training returns (metrics.csv) to choose from")
+    return max(score, key=score.__getitem__)
 
 
 def build_trainer(config: TrainConfig, run_dir: Path, device: str | None = None) -> MetaTrainer:

@@ -12,14 +12,22 @@ import torch
 import envs
 from agents.maml_trpo import MAMLTRPO
 from agents.policies import GaussianMLPPolicy
+from metarl import checkpoint, results
 from metarl.config import MAMLConfig
 from metarl.episodes import Episodes
-from metarl.evaluation import by_episodes, by_gradient_steps, curve, mean_and_ci, student_t_quantile
+from metarl.evaluation import (
+    BEST_SELECTION,
+    by_episodes,
+    by_gradient_steps,
+    curve,
+    mean_and_ci,
+    student_t_quantile,
+)
 from metarl.params import detached
 from metarl.sampling import sample
 from metarl.training import torch_threads
 from scripts import evaluate, meta_train
-from scripts.runs import load_run
+from scripts.runs import best_checkpoint, load_run
 
 
 @pytest.mark.parametrize(("dof", "expected"), [(1, 12.7062), (2, 4.3027), (4, 2.7764), (10, 2.2281), (39, 2.0227)])
@@ -162,6 +170,29 @@ def test_repeats_average_independent_trials_of_each_task(tiny_run: Path, tmp_pat
     first, second = trials[:, :40], trials[:, 40:]
     assert not np.allclose(first, second)  # independent trials, not one trial twice
     np.testing.assert_allclose(report["by_gradient_steps"]["per_task"], (first + second) / 2, rtol=1e-6)
+
+
+def test_best_checkpoint_has_the_highest_training_return_before_it(tmp_path: Path) -> None:
+    (tmp_path / "config.json").write_text(json.dumps({"checkpoint_every": 2}))
+    for iterations in (2, 4, 6):
+        checkpoint.save(tmp_path / f"checkpoint_{iterations:05d}.pt", {"iteration": iterations})
+    checkpoint.save(tmp_path / "checkpoint.pt", {"iteration": 7})  # the last, not numbered
+    with pytest.raises(ValueError, match="no checkpoint with logged training returns"):
+        best_checkpoint(tmp_path)
+    for last, best in ((7.0, "checkpoint_00004.pt"), (9.0, "checkpoint.pt")):
+        post = [0.0, 1.0, 5.0, 6.0, 2.0, 3.0, last]  # blocks 0-1, 2-3 (5.5), 4-5, and 5-6 before the last
+        rows = "".join(f"{i},{v},{-v}\n" for i, v in enumerate(post))
+        (tmp_path / "metrics.csv").write_text("iteration,returns/post,returns/pre\n" + rows)
+        assert best_checkpoint(tmp_path) == best
+
+
+def test_evaluate_best_checkpoint_is_recorded_and_gets_its_own_row(tiny_run: Path, tmp_path: Path) -> None:
+    out = tmp_path / "eval.json"
+    argv = [str(tiny_run), "--checkpoint", "best", "--steps", "0", "--episodes", "0", "--episodes-per-task", "1"]
+    assert evaluate.main([*argv, "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["checkpoint"] == best_checkpoint(tiny_run) and report["checkpoint_selection"] == BEST_SELECTION
+    assert results.run_name(report) == f"{results.policy_name(report['config'])}, best checkpoint"
 
 
 @pytest.mark.parametrize(
