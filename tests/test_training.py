@@ -344,7 +344,8 @@ def check_tiny_run(run: Path, env: str) -> None:
 def test_presets_set_maml_fields_and_flags_win() -> None:
     parser = meta_train.parser()
     dir_config = resolve(parser.parse_args(["--env", "half_cheetah_dir"]))
-    assert (dir_config.maml.gamma, dir_config.maml.max_kl) == (0.95, 0.03)
+    maml = dir_config.maml
+    assert (maml.gamma, maml.inner_lr, maml.max_kl, maml.line_search_ratio) == (0.95, 0.0167, 0.06, 0.5)
     assert resolve(parser.parse_args(["--env", "half_cheetah_dir", "--gamma", "0.9"])).maml.gamma == 0.9
     assert resolve(parser.parse_args(["--env", "half_cheetah_vel"])).maml == MAMLConfig()
     assert resolve(parser.parse_args(["--env", "point_nav"])).meta_batch_size == 20
