@@ -182,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     report = {
         "run_dir": str(args.run_dir),
         "checkpoint": name or CHECKPOINT,
-        "checkpoint_selection": BEST_SELECTION if args.checkpoint == BEST else "given",
+        "checkpoint_selection": BEST_SELECTION if args.checkpoint == BEST else ("given" if name else "last"),
         "iteration": state["iteration"],
         "command": " ".join(["python", "scripts/evaluate.py", *(argv if argv is not None else sys.argv[1:])]),
         "config": config.to_dict(),

@@ -138,6 +138,7 @@ def test_evaluate_writes_consistent_json(tiny_run: Path, tmp_path: Path) -> None
     )
     report = json.loads(out.read_text())
     assert report["iteration"] == 1 and report["split"] == "test" and len(report["tasks"]) == 40
+    assert (report["checkpoint"], report["checkpoint_selection"]) == ("checkpoint.pt", "last")
     steps = report["by_gradient_steps"]
     assert steps["x"] == [0, 1] and np.asarray(steps["per_task"]).shape == (2, 40)
     np.testing.assert_allclose(steps["mean"], np.mean(steps["per_task"], axis=1))
