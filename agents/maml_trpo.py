@@ -16,7 +16,9 @@ restores the old parameters when no step is accepted.
 
 from __future__ import annotations
 
+import math
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -30,6 +32,14 @@ from metarl.config import MAMLConfig
 from metarl.episodes import Episodes, Memory, gae, normalize
 from metarl.optim import backtracking_line_search, conjugate_gradient
 from metarl.params import Params, detached, expand_params, flatten, select_tasks
+
+FULL_STEP_KL_RATIO_CAP = 1e6
+"""Cap of the ``full_step_kl_ratio`` metric (also its value where the full step's KL is not finite)."""
+
+CPU_TASK_CHUNK = 10
+"""Tasks per batched computation on a CPU when ``task_chunk`` is 0: on half_cheetah_vel's 40 tasks
+x 4,000 steps, the meta-gradient took 0.41 s and the 40-task conjugate gradient 9.3 s in chunks of
+10, against 0.81 s and 18.8 s at once (README: Speed)."""
 
 
 def policy_gradient_advantages(episodes: Episodes, gamma: float, gae_lambda: float) -> Tensor:
@@ -97,23 +107,38 @@ class MAMLTRPO:
         params = self.policy.params() if params is None else params
         create_graph = (not self.config.first_order) if create_graph is None else create_graph
         steps = self.config.num_inner_steps if num_steps is None else num_steps
-        num_tasks = episodes.num_tasks
-        chunk = self.config.task_chunk or num_tasks
         per_task = self.policy.num_tasks_of(params, self.policy.params()) is not None
         if advantages is None and steps > 0:
             advantages = self.advantages(episodes)
-        per = episodes.episodes_per_task
         pieces = []
-        for start in range(0, num_tasks, chunk):
-            tasks = slice(start, min(start + chunk, num_tasks))
-            part = episodes.select(tasks)
-            part_memory = None if memory is None else memory.select(tasks)
-            part_advantages = None if advantages is None else advantages[:, tasks.start * per : tasks.stop * per]
+        for tasks, part, part_memory, part_advantages in self._task_chunks(episodes, memory, advantages):
             fast = select_tasks(params, tasks) if per_task else expand_params(params, tasks.stop - tasks.start)
             for _ in range(steps):
                 fast = self._inner_step(fast, part, part_memory, part_advantages, create_graph)
             pieces.append(fast)
         return {k: torch.cat([p[k] for p in pieces]) for k in params}
+
+    def task_chunk(self, num_tasks: int) -> int:
+        """Tasks per batched computation: ``task_chunk``, or (0) all on a GPU and 10 on a CPU."""
+        if self.config.task_chunk:
+            return self.config.task_chunk
+        on_gpu = next(iter(self.policy.params().values())).device.type != "cpu"
+        return num_tasks if on_gpu else CPU_TASK_CHUNK
+
+    def _task_chunks(
+        self, episodes: Episodes, memory: Memory | None, advantages: Tensor | None, num_tasks: int | None = None
+    ) -> Iterator[tuple[slice, Episodes, Memory | None, Tensor | None]]:
+        """``(tasks, episodes, memory, advantages)`` of consecutive chunks of the first ``num_tasks`` tasks."""
+        num_tasks = episodes.num_tasks if num_tasks is None else num_tasks
+        chunk, per = self.task_chunk(num_tasks), episodes.episodes_per_task
+        for start in range(0, num_tasks, chunk):
+            tasks = slice(start, min(start + chunk, num_tasks))
+            yield (
+                tasks,
+                episodes.select(tasks),
+                None if memory is None else memory.select(tasks),
+                None if advantages is None else advantages[:, tasks.start * per : tasks.stop * per],
+            )
 
     def _inner_step(
         self, fast: Params, episodes: Episodes, memory: Memory | None, advantages: Tensor | None, create_graph: bool
@@ -161,7 +186,9 @@ class MAMLTRPO:
             max_kl: this step's trust region (default ``max_kl``; the trainer passes the anneal's).
         Returns:
             Metrics: ``surrogate_before``, ``surrogate_improvement``, ``kl``,
-            ``line_search_steps``, ``step_accepted``, ``grad_norm``, seconds per part.
+            ``line_search_steps``, ``full_step_kl_ratio`` (the KL of the full step over
+            ``max_kl``, which the quadratic model predicts as 1; capped at 1e6),
+            ``step_accepted``, ``grad_norm``, seconds per part.
         """
         cfg = self.config
         max_kl = cfg.max_kl if max_kl is None else max_kl
@@ -210,11 +237,16 @@ class MAMLTRPO:
             vector_to_parameters(old_vector, theta)
         timings["seconds/line_search"] = time.perf_counter() - tic
         improvement, kl = results[fraction] if fraction else (0.0, 0.0)
+        full_step_kl = results[1.0][1]
         return {
             "surrogate_before": float(surrogate.detach()),
             "surrogate_improvement": improvement,
             "kl": kl,
             "line_search_steps": float(tried),
+            # 1 where the quadratic model of the KL (the Fisher the step was scaled with) is exact
+            "full_step_kl_ratio": min(full_step_kl / max_kl, FULL_STEP_KL_RATIO_CAP)
+            if math.isfinite(full_step_kl)
+            else FULL_STEP_KL_RATIO_CAP,
             "step_accepted": float(fraction > 0.0),
             "grad_norm": float(gradient.norm()),
             **timings,
@@ -236,30 +268,43 @@ class MAMLTRPO:
         ``"adapted"`` the adapted parameters' dependence on the meta-parameters
         is first order (identity Jacobian), which gives the Fisher of the adapted
         policies at a fraction of the cost; the line search still checks the
-        exact KL. The KL and its gradient are built once; each product is one
-        backward pass. ``fvp_tasks`` restricts it to the first tasks.
+        exact KL. ``fvp_tasks`` restricts it to the first tasks (0: all) and
+        ``fvp_episodes`` to each task's first episodes, before and after adaptation. The KL
+        and its gradient are built once per chunk of tasks (:meth:`task_chunk`),
+        each weighted by its share of the tasks; each product is one backward
+        pass per chunk.
         """
         cfg = self.config
         params = self.policy.params()
         theta = [params[k] for k in names]
-        if cfg.fvp_tasks and cfg.fvp_tasks < pre.num_tasks:
-            tasks = slice(0, cfg.fvp_tasks)
-            pre, post = pre.select(tasks), post.select(tasks)
-            memory = None if memory is None else memory.select(tasks)
-            if pre_advantages is not None:
-                pre_advantages = pre_advantages[:, : pre.num_slots]
+        num_tasks = min(cfg.fvp_tasks or pre.num_tasks, pre.num_tasks)
         exact = cfg.fvp_curvature == "exact" and not cfg.first_order
-        fast = self.adapt(pre, params, create_graph=exact, num_steps=inner_steps, advantages=pre_advantages)
-        with torch.no_grad():
-            old_dist = self.policy.episode_distribution(detached(fast), post, memory)
-        kl = self.mean_kl(old_dist, self.policy.episode_distribution(fast, post, memory), post)
-        grad_kl = flatten(torch.autograd.grad(kl, theta, create_graph=True))
+        grads_kl = []
+        chunks = zip(
+            self._task_chunks(pre, None, pre_advantages, num_tasks),
+            self._task_chunks(post, memory, None, num_tasks),
+            strict=True,
+        )
+        for (tasks, part_pre, _, part_advantages), (_, part_post, part_memory, _) in chunks:
+            count = cfg.fvp_episodes
+            if count and count < part_pre.episodes_per_task:
+                if part_advantages is not None:
+                    part_advantages = part_advantages.unflatten(1, (part_pre.num_tasks, -1))[:, :, :count].flatten(1)
+                part_pre, part_post = part_pre.first(count), part_post.first(count)
+            fast = self.adapt(part_pre, params, create_graph=exact, num_steps=inner_steps, advantages=part_advantages)
+            with torch.no_grad():
+                old_dist = self.policy.episode_distribution(detached(fast), part_post, part_memory)
+            new_dist = self.policy.episode_distribution(fast, part_post, part_memory)
+            kl = self.mean_kl(old_dist, new_dist, part_post) * ((tasks.stop - tasks.start) / num_tasks)
+            grads_kl.append(flatten(torch.autograd.grad(kl, theta, create_graph=True)))
 
         def product(vector: Tensor) -> Tensor:
-            hvp = torch.autograd.grad(torch.dot(grad_kl, vector), theta, retain_graph=True, allow_unused=True)
-            flat = torch.cat(
-                [(h if h is not None else torch.zeros_like(p)).reshape(-1) for h, p in zip(hvp, theta, strict=True)]
-            )
-            return flat + cfg.cg_damping * vector
+            total = cfg.cg_damping * vector
+            for grad_kl in grads_kl:
+                hvp = torch.autograd.grad(torch.dot(grad_kl, vector), theta, retain_graph=True, allow_unused=True)
+                total = total + torch.cat(
+                    [(h if h is not None else torch.zeros_like(p)).reshape(-1) for h, p in zip(hvp, theta, strict=True)]
+                )
+            return total
 
         return product

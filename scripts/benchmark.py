@@ -3,6 +3,12 @@ measures in one run (a) a raw single-thread ``mj_step`` loop, the per-core limit
 (b) Gymnasium's ``SyncVectorEnv`` and (c) metarl's batched simulator on all cores,
 (b) and (c) with the same batched 64x64 torch MLP choosing the actions.
 
+``python scripts/benchmark.py fisher RUN_DIR [--checkpoint NAME]`` takes one TRPO step from
+a saved checkpoint on one freshly sampled meta-batch with each subsample of the Fisher-vector
+products (``fvp_tasks:fvp_episodes``), the same data and parameters for all, and reports the
+KL of the full step over ``max_kl`` (1 where the subsample's curvature predicts the KL exactly)
+and the conjugate gradient's seconds.
+
 ``python scripts/benchmark.py render [--env half_cheetah_vel] [--width 320 --height 240]``
 measures rendered frames/s of a bare ``mujoco.Renderer`` loop against metarl's
 render path (scripts/render.py's rollout with frames, captions and side-by-side
@@ -141,6 +147,46 @@ def learner(
     return out
 
 
+def parse_subsamples(text: str) -> list[tuple[int, int]]:
+    """``"10:0,0:5"`` -> ``[(10, 0), (0, 5)]`` (fvp_tasks:fvp_episodes; 0: all); ValueError otherwise."""
+    try:
+        pairs = [tuple(int(n) for n in item.split(":")) for item in text.split(",")]
+    except ValueError:
+        pairs = []
+    if not pairs or any(len(pair) != 2 or min(pair) < 0 for pair in pairs):
+        raise ValueError(f"--subsamples {text!r}: expected comma-separated TASKS:EPISODES pairs of integers >= 0")
+    return [(pair[0], pair[1]) for pair in pairs]
+
+
+def fisher(run_dir: Path, name: str | None, subsamples: list[tuple[int, int]]) -> dict[str, Any]:
+    """One TRPO step per Fisher subsample from the checkpoint, on the same sampled meta-batch."""
+    import dataclasses
+
+    from agents.maml_trpo import MAMLTRPO
+    from scripts.runs import load_run
+
+    trainer, state = load_run(run_dir, name, device="cpu")
+    config, policy = trainer.config, trainer.policy
+    pre, post, memory, steps, _ = trainer.collect()
+    max_kl = config.maml.max_kl_at(trainer.iteration)
+    saved = {k: v.detach().clone() for k, v in policy.state_dict().items()}
+    out: dict[str, Any] = {"run": str(run_dir), "iteration": int(state["iteration"]), "max_kl": max_kl, "rows": []}
+    print(f"{run_dir} at iteration {out['iteration']}: one TRPO step per Fisher subsample, max_kl {max_kl:g}")
+    for tasks, episodes in subsamples:
+        learner = MAMLTRPO(policy, dataclasses.replace(config.maml, fvp_tasks=tasks, fvp_episodes=episodes))
+        metrics = learner.step(pre, post, memory, inner_steps=steps, max_kl=max_kl)
+        policy.load_state_dict(saved)
+        row = {"fvp_tasks": tasks, "fvp_episodes": episodes, **metrics}
+        out["rows"].append(row)
+        print(
+            f"  tasks {tasks or 'all':>3}, episodes {episodes or 'all':>3}: full-step KL / max_kl"
+            f" {row['full_step_kl_ratio']:6.2f}, line search {row['line_search_steps']:.0f} steps,"
+            f" improvement {row['surrogate_improvement']:.4f}, conjugate gradient"
+            f" {row['seconds/conjugate_gradient']:.2f} s"
+        )
+    return out
+
+
 def render_speed(env: str, width: int, height: int, seconds: float) -> dict[str, Any]:
     """Rendered frames/s of (a) a bare ``mujoco.Renderer`` loop (``update_scene`` and
     ``render`` on the plain model stepped with zero controls) and (b) metarl's render
@@ -247,7 +293,19 @@ def main(argv: list[str] | None = None) -> int:
     cmd.add_argument(
         "--fvp-tasks", type=int, default=MAMLConfig.fvp_tasks, help="tasks of the Fisher-vector products (0: all)"
     )
+    cmd.add_argument(
+        "--fvp-episodes", type=int, default=MAMLConfig.fvp_episodes, help="episodes per task of the products (0: all)"
+    )
     cmd.add_argument("--seconds", type=float, default=3.0, help="measuring time of the raw limit")
+    cmd.add_argument("--json", type=Path, help="also write the results to this JSON file")
+    cmd = sub.add_parser("fisher", help="how well subsampled Fisher-vector products predict a TRPO step's KL")
+    cmd.add_argument("run", type=Path, metavar="RUN_DIR", help="a meta_train.py run directory")
+    cmd.add_argument("--checkpoint", help="checkpoint file in RUN_DIR (default: the last, checkpoint.pt)")
+    cmd.add_argument(
+        "--subsamples",
+        default="10:0,20:0,0:0,0:5,0:10",
+        help="comma-separated fvp_tasks:fvp_episodes pairs to compare (0: all)",
+    )
     cmd.add_argument("--json", type=Path, help="also write the results to this JSON file")
     cmd = sub.add_parser("render", help="frames/s: bare mujoco.Renderer loop vs metarl's render path")
     cmd.add_argument("--env", default="half_cheetah_vel", help=f"family, one of: {', '.join(envs.names())}")
@@ -258,10 +316,22 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "render":
         return render_command(args, parser)
+    if args.command == "fisher":
+        try:
+            results = fisher(args.run, args.checkpoint, parse_subsamples(args.subsamples))
+        except ValueError as error:
+            parser.error(str(error))
+        write_json(args.json, results)
+        return 0
     try:
         family = envs.make(args.env)
         if args.command == "learner":
-            maml = MAMLConfig(task_chunk=args.task_chunk, fvp_curvature=args.fvp_curvature, fvp_tasks=args.fvp_tasks)
+            maml = MAMLConfig(
+                task_chunk=args.task_chunk,
+                fvp_curvature=args.fvp_curvature,
+                fvp_tasks=args.fvp_tasks,
+                fvp_episodes=args.fvp_episodes,
+            )
             resolve_device(args.device)
         else:
             sizes = [int(b) for b in args.batch_sizes.split(",")]
@@ -276,10 +346,15 @@ def main(argv: list[str] | None = None) -> int:
         # spinning beside MuJoCo's threads cost more than they give (2x here).
         torch.set_num_threads(1)
         results = sampling(family, sizes, args.vector_envs, args.seconds)
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(results, indent=2))
+    write_json(args.json, results)
     return 0
+
+
+def write_json(path: Path | None, results: dict[str, Any]) -> None:
+    """Write ``results`` to ``path`` (with its parent folders) unless it is None."""
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(results, indent=2))
 
 
 def render_command(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
@@ -296,9 +371,7 @@ def render_command(args: argparse.Namespace, parser: argparse.ArgumentParser) ->
     except RenderUnavailable as error:
         print(f"benchmark: error: {error}", file=sys.stderr)
         return 1
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(results, indent=2))
+    write_json(args.json, results)
     return 0
 
 

@@ -5,7 +5,9 @@
   gradient held fixed; ``MAMLTRPO.step`` reports the norm of that gradient;
 - adaptation batched over tasks (any ``task_chunk``) equals a Python loop;
 - the Fisher-vector product equals the explicit Hessian of the KL (exact and
-  adapted curvature);
+  adapted curvature, built in chunks of tasks, of a subsample of tasks and
+  episodes); the full step's KL over ``max_kl`` is 1 with the Fisher of every
+  task, and ``benchmark.py fisher`` compares subsamples on one step;
 - conjugate gradient against ``torch.linalg.solve``; the line search, and the
   restore of the old parameters when no step is accepted;
 - returns, GAE and the linear baseline against loop references and known answers;
@@ -14,6 +16,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import textwrap
@@ -27,7 +30,7 @@ from torch import Tensor
 
 import envs
 from agents.attention import AttentionPolicy
-from agents.maml_trpo import MAMLTRPO, expand_params, flatten, policy_gradient_advantages
+from agents.maml_trpo import FULL_STEP_KL_RATIO_CAP, MAMLTRPO, expand_params, flatten, policy_gradient_advantages
 from agents.policies import GaussianMLPPolicy, Params, Policy
 from metarl.baseline import baseline_features, fit_linear_baseline
 from metarl.config import MAMLConfig
@@ -240,18 +243,20 @@ def test_batched_adaptation_equals_a_loop_over_tasks(kind: str, num_inner_steps:
 
 
 @pytest.mark.parametrize(
-    ("kind", "curvature", "first_order", "num_inner_steps"),
+    ("kind", "curvature", "first_order", "num_inner_steps", "task_chunk"),
     [
-        ("mlp", "exact", False, 1),
-        ("mlp", "exact", False, 2),
-        ("mlp", "adapted", False, 1),
-        ("mlp", "exact", True, 1),  # first order: the exact curvature falls back to the adapted one
-        ("attention", "exact", False, 1),
-        ("attention", "adapted", False, 1),
+        ("mlp", "exact", False, 1, 0),
+        ("mlp", "exact", False, 1, 1),  # one chunk per task: the chunks' products add up
+        ("mlp", "exact", False, 2, 0),
+        ("mlp", "adapted", False, 1, 0),
+        ("mlp", "exact", True, 1, 0),  # first order: the exact curvature falls back to the adapted one
+        ("attention", "exact", False, 1, 0),
+        ("attention", "exact", False, 1, 1),
+        ("attention", "adapted", False, 1, 0),
     ],
 )
 def test_fisher_vector_product_equals_kl_hessian(
-    kind: str, curvature: str, first_order: bool, num_inner_steps: int
+    kind: str, curvature: str, first_order: bool, num_inner_steps: int, task_chunk: int
 ) -> None:
     problem = Problem(
         kind,
@@ -260,6 +265,7 @@ def test_fisher_vector_product_equals_kl_hessian(
         first_order=first_order,
         num_inner_steps=num_inner_steps,
         cg_damping=1e-3,
+        task_chunk=task_chunk,
     )
     learner, policy, pre, post, memory = problem.learner, problem.policy, problem.pre, problem.post, problem.memory
     through_inner_loop = curvature == "exact" and not first_order
@@ -292,23 +298,42 @@ def test_fisher_vector_product_equals_kl_hessian(
         assert float((hessian - adapted).norm() / hessian.norm()) > 1e-3
 
 
-def test_fisher_vector_product_of_the_first_tasks() -> None:
-    """``fvp_tasks=1``: the Hessian of the first task's KL alone."""
-    problem = Problem("mlp", inner_lr=0.3, fvp_tasks=1, fvp_curvature="exact", cg_damping=0.0)
-    pre, post = problem.pre.task(0), problem.post.task(0)
+@pytest.mark.parametrize(
+    ("fvp_tasks", "fvp_episodes", "given_advantages"), [(1, 0, False), (0, 2, False), (0, 2, True), (1, 1, True)]
+)
+def test_fisher_vector_product_of_a_subsample(fvp_tasks: int, fvp_episodes: int, given_advantages: bool) -> None:
+    """``fvp_tasks``/``fvp_episodes``: the Hessian of the KL of the first tasks' first episodes alone.
+
+    Given advantages (computed on all episodes, as ``step`` passes them) are subsampled with the episodes.
+    """
+    problem = Problem(
+        "mlp", inner_lr=0.3, fvp_tasks=fvp_tasks, fvp_episodes=fvp_episodes, fvp_curvature="exact", cg_damping=0.0
+    )
     learner, policy = problem.learner, problem.policy
+    all_advantages = learner.advantages(problem.pre) if given_advantages else None
+    tasks = slice(0, fvp_tasks or problem.pre.num_tasks)
+    pre, post = problem.pre.select(tasks), problem.post.select(tasks)
+    advantages = None if all_advantages is None else all_advantages[:, : pre.num_slots]
+    if fvp_episodes:
+        if advantages is not None:
+            per = pre.episodes_per_task
+            keep = [n * per + e for n in range(pre.num_tasks) for e in range(fvp_episodes)]
+            advantages = advantages[:, keep]
+        pre, post = pre.first(fvp_episodes), post.first(fvp_episodes)
     with torch.enable_grad():
-        old_fast = learner.adapt(pre, leaf_params(policy), create_graph=False)
+        old_fast = learner.adapt(pre, leaf_params(policy), create_graph=False, advantages=advantages)
     with torch.no_grad():
         old_dist = policy.episode_distribution({k: v.detach() for k, v in old_fast.items()}, post)
 
     def kl(vector: Tensor) -> Tensor:
-        fast = learner.adapt(pre, problem.unflatten(vector), create_graph=True)
+        fast = learner.adapt(pre, problem.unflatten(vector), create_graph=True, advantages=advantages)
         return learner.mean_kl(old_dist, policy.episode_distribution(fast, post), post)
 
     hessian = torch.autograd.functional.hessian(kl, problem.theta(), vectorize=True)
     vector = torch.randn(len(hessian), generator=torch.Generator().manual_seed(3), dtype=DTYPE)
-    product = learner._fisher_vector_product(problem.pre, problem.post, None, problem.names)
+    product = learner._fisher_vector_product(
+        problem.pre, problem.post, None, problem.names, pre_advantages=all_advantages
+    )
     torch.testing.assert_close(product(vector), hessian @ vector, rtol=1e-9, atol=1e-10)
 
 
@@ -438,6 +463,38 @@ def test_accepted_step_reports_its_kl_and_improvement(step_max_kl: float | None)
     assert metrics["kl"] == pytest.approx(kl, rel=1e-9)
     assert metrics["surrogate_improvement"] == pytest.approx(float(surrogate) - metrics["surrogate_before"], rel=1e-9)
     assert metrics["surrogate_improvement"] > 0
+
+
+@pytest.mark.parametrize("fvp_tasks", [0, 1])
+def test_full_step_kl_ratio_measures_the_quadratic_model(fvp_tasks: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The full step's KL over max_kl: about 1 on a small trust region with the Fisher of every task.
+
+    With the Fisher of the first of the two tasks only, the step is scaled by the wrong curvature
+    and the ratio moves away from 1 (the metric shows how far a subsampled Fisher is off).
+    """
+    import agents.maml_trpo as maml_trpo
+
+    tried: list[tuple[float, float]] = []
+    real_search = maml_trpo.backtracking_line_search
+
+    def recording_search(evaluate: Callable[[float], tuple[float, float]], *args: object) -> tuple[float, int]:
+        def record(fraction: float) -> tuple[float, float]:
+            improvement, kl = evaluate(fraction)
+            tried.append((fraction, kl))
+            return improvement, kl
+
+        return real_search(record, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(maml_trpo, "backtracking_line_search", recording_search)
+    problem = Problem("mlp", inner_lr=0.1, max_kl=1e-6, fvp_tasks=fvp_tasks, cg_damping=0.0)
+    metrics = problem.learner.step(problem.pre, problem.post)
+    assert metrics["step_accepted"] == 1.0
+    assert tried[0][0] == 1.0
+    assert metrics["full_step_kl_ratio"] == pytest.approx(tried[0][1] / 1e-6, rel=1e-12)
+    if fvp_tasks == 0:
+        assert metrics["full_step_kl_ratio"] == pytest.approx(1.0, abs=0.02)
+    else:
+        assert abs(metrics["full_step_kl_ratio"] - 1.0) > 0.5
 
 
 # ---------------------------------------------------------------------------- 6. returns, GAE, baseline
@@ -755,3 +812,37 @@ def test_cuda_trpo_step_matches_cpu(kind: str) -> None:
     # float64 throughout; CUDA's reduction order differs, and 10 CG iterations amplify it to ~1e-7 relative.
     for name, value in cpu.policy.params().items():
         torch.testing.assert_close(cuda.policy.params()[name].cpu(), value, rtol=1e-6, atol=1e-9)
+
+
+# ---------------------------------------------------------------------------- 9. Fisher subsample benchmark
+
+
+def test_fisher_benchmark_compares_subsamples_on_the_same_step(tmp_path: Path) -> None:
+    """``benchmark.py fisher``: one step per subsample from the same parameters and data."""
+    from scripts import benchmark, meta_train
+
+    run = tmp_path / "run"
+    tiny = ["--env", "point_nav", "--policy", "mlp", "--iterations", "1", "--meta-batch-size", "2"]
+    assert meta_train.main([*tiny, "--episodes-per-task", "2", "--out", str(run), "--no-progress"]) == 0
+    out = tmp_path / "fisher.json"
+    assert benchmark.main(["fisher", str(run), "--subsamples", "1:0,0:0,0:1", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    rows = report["rows"]
+    assert [(r["fvp_tasks"], r["fvp_episodes"]) for r in rows] == [(1, 0), (0, 0), (0, 1)]
+    assert len({r["surrogate_before"] for r in rows}) == 1  # same parameters and episodes for every row
+    assert all(0 < r["full_step_kl_ratio"] < FULL_STEP_KL_RATIO_CAP for r in rows)
+    assert report["iteration"] == 1 and report["max_kl"] == pytest.approx(0.01)
+
+
+@pytest.mark.parametrize("bad", [["--subsamples", "1:x"], ["--subsamples", "1"], ["--subsamples", "-1:0"]])
+def test_fisher_benchmark_bad_input(tmp_path: Path, bad: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    from scripts import benchmark
+
+    with pytest.raises(SystemExit) as exit_info:
+        benchmark.main(["fisher", str(tmp_path), *bad])
+    assert exit_info.value.code == 2
+    assert "--subsamples" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        benchmark.main(["fisher", str(tmp_path / "missing")])
+    assert exit_info.value.code == 2
+    assert "not a metarl run directory" in capsys.readouterr().err
