@@ -29,7 +29,7 @@ from torch.nn.utils import vector_to_parameters
 from agents.policies import Policy
 from metarl.baseline import fit_linear_baseline
 from metarl.config import MAMLConfig
-from metarl.episodes import Episodes, Memory, gae, normalize
+from metarl.episodes import Episodes, Memory, first_slots, gae, normalize
 from metarl.optim import backtracking_line_search, conjugate_gradient
 from metarl.params import Params, detached, expand_params, flatten, select_tasks
 
@@ -280,16 +280,12 @@ class MAMLTRPO:
         num_tasks = min(cfg.fvp_tasks or pre.num_tasks, pre.num_tasks)
         exact = cfg.fvp_curvature == "exact" and not cfg.first_order
         grads_kl = []
-        chunks = zip(
-            self._task_chunks(pre, None, pre_advantages, num_tasks),
-            self._task_chunks(post, memory, None, num_tasks),
-            strict=True,
-        )
-        for (tasks, part_pre, _, part_advantages), (_, part_post, part_memory, _) in chunks:
-            count = cfg.fvp_episodes
+        # memory is the post-adaptation episodes' context; the inner loss (on pre) has none
+        for tasks, part_pre, part_memory, part_advantages in self._task_chunks(pre, memory, pre_advantages, num_tasks):
+            part_post, count = post.select(tasks), cfg.fvp_episodes
             if count and count < part_pre.episodes_per_task:
                 if part_advantages is not None:
-                    part_advantages = part_advantages.unflatten(1, (part_pre.num_tasks, -1))[:, :, :count].flatten(1)
+                    part_advantages = first_slots(part_advantages, part_pre.num_tasks, count)
                 part_pre, part_post = part_pre.first(count), part_post.first(count)
             fast = self.adapt(part_pre, params, create_graph=exact, num_steps=inner_steps, advantages=part_advantages)
             with torch.no_grad():

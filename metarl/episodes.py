@@ -102,10 +102,9 @@ class Episodes:
 
     def first(self, count: int) -> Episodes:
         """Each task's first ``count`` episodes (slots stay task-major)."""
-        shape = (self.num_tasks, self.episodes_per_task)
 
         def cut(x: Tensor) -> Tensor:
-            return x.unflatten(1, shape)[:, :, :count].flatten(1, 2)
+            return first_slots(x, self.num_tasks, count)
 
         return Episodes(
             cut(self.observations),
@@ -119,6 +118,11 @@ class Episodes:
     def task(self, index: int) -> Episodes:
         """The episodes of task ``index`` alone."""
         return self.select(slice(index, index + 1))
+
+
+def first_slots(x: Tensor, num_tasks: int, count: int) -> Tensor:
+    """``x [T, B, ...]`` (task-major slots) cut to each task's first ``count``: ``[T, num_tasks * count, ...]``."""
+    return x.unflatten(1, (num_tasks, -1))[:, :, :count].flatten(1, 2)
 
 
 def discounted_returns(rewards: Tensor, mask: Tensor, gamma: float) -> Tensor:
