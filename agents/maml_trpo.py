@@ -10,7 +10,8 @@ every task's inner gradient (``task_chunk`` tasks at a time).
 Outer loop: TRPO on the post-adaptation surrogate, with the mean KL between the
 old and new *adapted* policies on the post-adaptation states as the trust
 region; conjugate gradient on Fisher-vector products through the inner loop
-(second order unless ``first_order``), and a backtracking line search that
+(second order unless ``first_order``: ``J^T F J``, the inner step's Jacobian
+around the adapted policies' Fisher), and a backtracking line search that
 restores the old parameters when no step is accepted.
 """
 
@@ -108,14 +109,10 @@ class MAMLTRPO:
         create_graph = (not self.config.first_order) if create_graph is None else create_graph
         steps = self.config.num_inner_steps if num_steps is None else num_steps
         per_task = self.policy.num_tasks_of(params, self.policy.params()) is not None
-        if advantages is None and steps > 0:
-            advantages = self.advantages(episodes)
         pieces = []
         for tasks, part, part_memory, part_advantages in self._task_chunks(episodes, memory, advantages):
             fast = select_tasks(params, tasks) if per_task else expand_params(params, tasks.stop - tasks.start)
-            for _ in range(steps):
-                fast = self._inner_step(fast, part, part_memory, part_advantages, create_graph)
-            pieces.append(fast)
+            pieces.append(self._inner_steps(fast, part, part_memory, part_advantages, steps, create_graph))
         return {k: torch.cat([p[k] for p in pieces]) for k in params}
 
     def task_chunk(self, num_tasks: int) -> int:
@@ -140,19 +137,41 @@ class MAMLTRPO:
                 None if advantages is None else advantages[:, tasks.start * per : tasks.stop * per],
             )
 
-    def _inner_step(
-        self, fast: Params, episodes: Episodes, memory: Memory | None, advantages: Tensor | None, create_graph: bool
+    def _inner_steps(
+        self,
+        fast: Params,
+        episodes: Episodes,
+        memory: Memory | None,
+        advantages: Tensor | None,
+        steps: int,
+        create_graph: bool,
+        trace: list[tuple[Params, Params]] | None = None,
     ) -> Params:
+        """``steps`` inner steps of one chunk of tasks from ``fast`` (per task).
+
+        With ``trace`` (a list), each step appends its inputs (fresh aliases, so
+        that a derivative with respect to them is the partial one of that step)
+        and the inner gradient of *every* parameter with respect to them, kept
+        with its graph: the Hessian-vector products of the inner loss that the
+        Fisher-vector product's ``J v`` needs (:meth:`_fisher_vector_product`).
+        """
         names = [k for k in fast if k in self.adapted]
-        # detached inputs (evaluation) become leaves so the inner gradient exists
-        fast = {k: v if v.requires_grad or k not in names else v.detach().requires_grad_() for k, v in fast.items()}
-        with torch.enable_grad():
-            loss = self.inner_loss(fast, episodes, memory, advantages).sum()
-            grads = torch.autograd.grad(loss, [fast[k] for k in names], create_graph=create_graph)
-        updated = dict(fast)
-        for name, grad in zip(names, grads, strict=True):
-            updated[name] = fast[name] - self.config.inner_lr * grad
-        return updated
+        if advantages is None and steps > 0:
+            advantages = self.advantages(episodes)
+        for _ in range(steps):
+            if trace is not None:
+                fast = {k: v.view_as(v) for k, v in fast.items()}
+            # detached inputs (evaluation) become leaves so the inner gradient exists
+            fast = {k: v if v.requires_grad or k not in names else v.detach().requires_grad_() for k, v in fast.items()}
+            wrt = names if trace is None else list(fast)
+            with torch.enable_grad():
+                loss = self.inner_loss(fast, episodes, memory, advantages).sum()
+                grads = torch.autograd.grad(loss, [fast[k] for k in wrt], create_graph=create_graph)
+            gradient = dict(zip(wrt, grads, strict=True))
+            if trace is not None:
+                trace.append((fast, gradient))
+            fast = {k: v - self.config.inner_lr * gradient[k] if k in names else v for k, v in fast.items()}
+        return fast
 
     # ------------------------------------------------------------ outer loop
     def surrogate(
@@ -263,44 +282,74 @@ class MAMLTRPO:
     ) -> Any:
         """``v -> (H_KL + damping) v``, the KL's Hessian at the current parameters.
 
-        With ``fvp_curvature="exact"`` the Hessian is taken through the inner
-        loop (each product differentiates the inner gradient twice more); with
-        ``"adapted"`` the adapted parameters' dependence on the meta-parameters
-        is first order (identity Jacobian), which gives the Fisher of the adapted
-        policies at a fraction of the cost; the line search still checks the
-        exact KL. ``fvp_tasks`` restricts it to the first tasks (0: all) and
-        ``fvp_episodes`` to each task's first episodes, before and after adaptation. The KL
-        and its gradient are built once per chunk of tasks (:meth:`task_chunk`),
-        each weighted by its share of the tasks; each product is one backward
-        pass per chunk.
+        The adapted parameters are ``phi(theta)`` and the KL is zero, with a zero
+        gradient, at the current ``phi``; so its Hessian with respect to ``theta``
+        is exactly ``J^T F J``, with ``F`` the Hessian of the KL with respect to
+        ``phi`` (the adapted policies' Fisher) and ``J = d phi / d theta``. Each
+        product is computed in that order, per chunk of tasks:
+
+        * ``J v``: with ``fvp_curvature="exact"``, step by step through the inner
+          loop, ``u <- u - inner_lr H u`` on the adapted parameters, ``H u`` the
+          inner loss's Hessian-vector product (a backward pass through the inner
+          gradient's graph, which is symmetric); with ``"adapted"`` (or
+          ``first_order``) ``J`` is the identity, which gives the Fisher of the
+          adapted policies at a fraction of the cost; the line search still checks
+          the exact KL;
+        * ``F (J v)``: a backward pass through the KL's gradient at ``phi``;
+        * ``J^T (F J v)``: one backward pass from ``phi`` to ``theta``.
+
+        Differentiating the KL's gradient through the inner loop instead (the
+        same numbers) takes the inner loss's third derivatives: on 10 tasks x
+        4,000 steps that cost 1.3x the time per product and 2.3x (MLP) to 2.4x
+        (attention) to build (README: Speed).
+
+        ``fvp_tasks`` restricts it to the first tasks (0: all) and ``fvp_episodes``
+        to each task's first episodes, before and after adaptation. The graphs are
+        built once per chunk of tasks (:meth:`task_chunk`), each chunk's KL
+        weighted by its share of the tasks.
         """
         cfg = self.config
         params = self.policy.params()
         theta = [params[k] for k in names]
         num_tasks = min(cfg.fvp_tasks or pre.num_tasks, pre.num_tasks)
+        steps = cfg.num_inner_steps if inner_steps is None else inner_steps
         exact = cfg.fvp_curvature == "exact" and not cfg.first_order
-        grads_kl = []
+        # per chunk: (number of tasks, inner-loop trace, adapted parameters, their leaves, the KL's gradient)
+        chunks = []
         # memory is the post-adaptation episodes' context; the inner loss (on pre) has none
         for tasks, part_pre, part_memory, part_advantages in self._task_chunks(pre, memory, pre_advantages, num_tasks):
-            part_post, count = post.select(tasks), cfg.fvp_episodes
+            part_post, count, size = post.select(tasks), cfg.fvp_episodes, tasks.stop - tasks.start
             if count and count < part_pre.episodes_per_task:
                 if part_advantages is not None:
                     part_advantages = first_slots(part_advantages, part_pre.num_tasks, count)
                 part_pre, part_post = part_pre.first(count), part_post.first(count)
-            fast = self.adapt(part_pre, params, create_graph=exact, num_steps=inner_steps, advantages=part_advantages)
+            trace: list[tuple[Params, Params]] | None = [] if exact else None
+            fast = self._inner_steps(expand_params(params, size), part_pre, None, part_advantages, steps, exact, trace)
+            leaves = {k: fast[k].detach().requires_grad_() for k in names}
             with torch.no_grad():
-                old_dist = self.policy.episode_distribution(detached(fast), part_post, part_memory)
-            new_dist = self.policy.episode_distribution(fast, part_post, part_memory)
-            kl = self.mean_kl(old_dist, new_dist, part_post) * ((tasks.stop - tasks.start) / num_tasks)
-            grads_kl.append(flatten(torch.autograd.grad(kl, theta, create_graph=True)))
+                old_dist = self.policy.episode_distribution(detached(leaves), part_post, part_memory)
+            new_dist = self.policy.episode_distribution(leaves, part_post, part_memory)
+            kl = self.mean_kl(old_dist, new_dist, part_post) * (size / num_tasks)
+            grad_kl = torch.autograd.grad(kl, [leaves[k] for k in names], create_graph=True)
+            chunks.append((size, trace or [], fast, leaves, grad_kl))
+
+        def backward(outputs: list[Tensor], inputs: list[Tensor], vectors: list[Tensor]) -> list[Tensor]:
+            grads = torch.autograd.grad(outputs, inputs, vectors, retain_graph=True, allow_unused=True)
+            return [g if g is not None else torch.zeros_like(x) for g, x in zip(grads, inputs, strict=True)]
 
         def product(vector: Tensor) -> Tensor:
             total = cfg.cg_damping * vector
-            for grad_kl in grads_kl:
-                hvp = torch.autograd.grad(torch.dot(grad_kl, vector), theta, retain_graph=True, allow_unused=True)
-                total = total + torch.cat(
-                    [(h if h is not None else torch.zeros_like(p)).reshape(-1) for h, p in zip(hvp, theta, strict=True)]
-                )
+            pieces = dict(zip(names, vector.split([p.numel() for p in theta]), strict=True))
+            for size, steps_trace, fast, leaves, grad_kl in chunks:
+                u = {k: pieces[k].view_as(params[k]).expand(size, *params[k].shape) for k in names}
+                for inputs, gradient in steps_trace:  # J v
+                    hu = backward([gradient[k] for k in names], [inputs[k] for k in names], [u[k] for k in names])
+                    u = {
+                        k: u[k] - cfg.inner_lr * h if k in self.adapted else u[k]
+                        for k, h in zip(names, hu, strict=True)
+                    }
+                fu = backward(list(grad_kl), [leaves[k] for k in names], [u[k] for k in names])
+                total = total + flatten(backward([fast[k] for k in names], theta, fu))
             return total
 
         return product

@@ -5,8 +5,9 @@
   gradient held fixed; ``MAMLTRPO.step`` reports the norm of that gradient;
 - adaptation batched over tasks (any ``task_chunk``) equals a Python loop;
 - the Fisher-vector product equals the explicit Hessian of the KL (exact and
-  adapted curvature, built in chunks of tasks, of a subsample of tasks and
-  episodes); the full step's KL over ``max_kl`` is 1 with the Fisher of every
+  adapted curvature, built in chunks of tasks, over two inner steps that adapt
+  part of the parameters, of a subsample of tasks and episodes); the full
+  step's KL over ``max_kl`` is 1 with the Fisher of every
   task, and ``benchmark.py fisher`` compares subsamples on one step;
 - conjugate gradient against ``torch.linalg.solve``; the line search, and the
   restore of the old parameters when no step is accepted;
@@ -243,20 +244,23 @@ def test_batched_adaptation_equals_a_loop_over_tasks(kind: str, num_inner_steps:
 
 
 @pytest.mark.parametrize(
-    ("kind", "curvature", "first_order", "num_inner_steps", "task_chunk"),
+    ("kind", "curvature", "first_order", "num_inner_steps", "task_chunk", "adapt"),
     [
-        ("mlp", "exact", False, 1, 0),
-        ("mlp", "exact", False, 1, 1),  # one chunk per task: the chunks' products add up
-        ("mlp", "exact", False, 2, 0),
-        ("mlp", "adapted", False, 1, 0),
-        ("mlp", "exact", True, 1, 0),  # first order: the exact curvature falls back to the adapted one
-        ("attention", "exact", False, 1, 0),
-        ("attention", "exact", False, 1, 1),
-        ("attention", "adapted", False, 1, 0),
+        ("mlp", "exact", False, 1, 0, "all"),
+        ("mlp", "exact", False, 1, 1, "all"),  # one chunk per task: the chunks' products add up
+        ("mlp", "exact", False, 2, 0, "all"),
+        ("mlp", "adapted", False, 1, 0, "all"),
+        ("mlp", "exact", True, 1, 0, "all"),  # first order: the exact curvature falls back to the adapted one
+        ("attention", "exact", False, 1, 0, "all"),
+        ("attention", "exact", False, 1, 1, "all"),
+        ("attention", "adapted", False, 1, 0, "all"),
+        # the context encoder is not adapted but shapes every step's inner gradient
+        ("attention", "exact", False, 2, 0, "head"),
+        ("attention", "exact", False, 2, 0, "context"),
     ],
 )
 def test_fisher_vector_product_equals_kl_hessian(
-    kind: str, curvature: str, first_order: bool, num_inner_steps: int, task_chunk: int
+    kind: str, curvature: str, first_order: bool, num_inner_steps: int, task_chunk: int, adapt: str
 ) -> None:
     problem = Problem(
         kind,
@@ -266,6 +270,7 @@ def test_fisher_vector_product_equals_kl_hessian(
         num_inner_steps=num_inner_steps,
         cg_damping=1e-3,
         task_chunk=task_chunk,
+        adapt=adapt,
     )
     learner, policy, pre, post, memory = problem.learner, problem.policy, problem.pre, problem.post, problem.memory
     through_inner_loop = curvature == "exact" and not first_order
