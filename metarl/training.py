@@ -122,7 +122,9 @@ class MetaTrainer:
         """Sample pre-adaptation episodes, adapt, sample post-adaptation episodes.
 
         Returns the episodes, the post-adaptation memory, the inner steps taken
-        (None: the configured number; 0: context-only adaptation) and timings.
+        (None: the configured number; 0: context-only adaptation) and statistics:
+        timings, env-steps, and ``inner/step_norm``, the mean over tasks of the
+        distance ``||phi_n - theta||`` the inner loop moved the parameters.
         """
         cfg = self.config
         context_only = self.policy.uses_context and bool(self.rng.random() < cfg.context_fraction)
@@ -139,37 +141,42 @@ class MetaTrainer:
         steps = 0 if context_only else None
         fast = detached(self.learner.adapt(pre, create_graph=False, num_steps=steps))
         inner = time.perf_counter() - tic
+        theta = self.policy.params()
+        moved = torch.stack([(fast[k] - theta[k].detach()).flatten(1).square().sum(1) for k in fast]).sum(0)
         tic = time.perf_counter()
         with torch_threads(1):
             post = sample(sim, self.policy, fast, len(tasks), self.generator, memory=memory, device=self.device)
         sampling += time.perf_counter() - tic
         count = float(pre.mask.sum() + post.mask.sum())
-        timing = {
+        stats = {
             "time/sampling": sampling,
             "time/inner_loop": inner,
             "speed/env_steps": count,
             "speed/env_steps_per_s": count / sampling,
+            "inner/step_norm": float(moved.sqrt().mean()),
         }
-        return pre, post, memory, steps, timing
+        return pre, post, memory, steps, stats
 
     def step(self) -> dict[str, float]:
         """One meta-iteration; returns its metrics."""
         tic = time.perf_counter()
-        pre, post, memory, steps, timing = self.collect()
+        pre, post, memory, steps, stats = self.collect()
+        std = float(self.policy.log_std.detach().exp().mean())  # the exploration noise of the sampled episodes
         outer = time.perf_counter()
         max_kl = self.config.maml.max_kl_at(self.iteration)
         result = self.learner.step(pre, post, memory, inner_steps=steps, max_kl=max_kl)
-        timing["time/trpo"] = time.perf_counter() - outer
+        stats["time/trpo"] = time.perf_counter() - outer
         pre_return, post_return = float(pre.task_returns().mean()), float(post.task_returns().mean())
         metrics = {
             "returns/pre": pre_return,
             "returns/post": post_return,
             "returns/gap": post_return - pre_return,
             "returns/context_only": float(steps == 0),
+            "policy/std": std,
             "trpo/max_kl": max_kl,
             **{f"trpo/{k}": v for k, v in result.items() if not k.startswith("seconds/")},
             **{f"time/{k.split('/')[1]}": v for k, v in result.items() if k.startswith("seconds/")},
-            **timing,
+            **stats,
             "time/iteration": time.perf_counter() - tic,
         }
         bad = [k for k, v in metrics.items() if not math.isfinite(v)]

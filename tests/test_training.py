@@ -428,7 +428,11 @@ def test_context_fraction_chooses_context_only_iterations(tmp_path: Path, fracti
     run = tmp_path / "run"
     args = ["--policy", "attention", "--context-fraction", str(fraction)]
     assert train(run, *args, iterations=2) == 0
-    assert [float(r["returns/context_only"]) for r in metric_rows(run)] == [fraction, fraction]
+    rows = metric_rows(run)
+    assert [float(r["returns/context_only"]) for r in rows] == [fraction, fraction]
+    # the inner loop moves the parameters only where it takes a gradient step
+    assert [float(r["inner/step_norm"]) > 0 for r in rows] == [fraction == 0.0] * 2
+    assert float(rows[0]["policy/std"]) == pytest.approx(1.0)  # the initial log-std is 0
 
 
 def test_context_only_step_adapts_nothing(tmp_path: Path) -> None:
