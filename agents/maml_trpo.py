@@ -325,7 +325,7 @@ class MAMLTRPO:
                 part_pre, part_post = part_pre.first(count), part_post.first(count)
             trace: list[tuple[Params, Params]] | None = [] if exact else None
             fast = self._inner_steps(expand_params(params, size), part_pre, None, part_advantages, steps, exact, trace)
-            leaves = {k: fast[k].detach().requires_grad_() for k in names}
+            leaves = {k: v.detach().requires_grad_() for k, v in fast.items()}
             with torch.no_grad():
                 old_dist = self.policy.episode_distribution(detached(leaves), part_post, part_memory)
             new_dist = self.policy.episode_distribution(leaves, part_post, part_memory)
