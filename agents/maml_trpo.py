@@ -306,7 +306,9 @@ class MAMLTRPO:
         ``fvp_tasks`` restricts it to the first tasks (0: all) and ``fvp_episodes``
         to each task's first episodes, before and after adaptation. The graphs are
         built once per chunk of tasks (:meth:`task_chunk`), each chunk's KL
-        weighted by its share of the tasks.
+        weighted by its share of the tasks. ``names`` must be every parameter of
+        the policy (as :meth:`step` passes them): ``J v`` needs the inner loss's
+        Hessian over all of them.
         """
         cfg = self.config
         params = self.policy.params()
