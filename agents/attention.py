@@ -11,7 +11,7 @@ Architecture (``E = embed_dim``, ``H = num_heads``, ``d = E // H``, ``W = window
                          U {memory: the task's earlier transitions}  (masked entries get -inf)
     attention     a = softmax(q . [k_null, k_window, k_memory] / sqrt(d)) over all entries jointly
                   z = out(concat_heads(a @ [v_null, v_window, v_memory]))   [..., E]  task summary
-    action        mean = head(concat(h, z)): tanh hidden layers (hidden_sizes), linear output
+    action        mean = head(concat(h, z)): tanh (or ReLU) hidden layers (hidden_sizes), linear output
                   std  = exp(log_std), state independent
 
 The learned null key/value (one per head) is always attendable, so an empty
@@ -58,7 +58,7 @@ import torch
 from torch import Tensor, nn
 from torch.distributions import Independent
 
-from agents.policies import Params, Policy, diagonal_gaussian, linear, task_view
+from agents.policies import Params, Policy, diagonal_gaussian, hidden_activation, linear, task_view
 from metarl.episodes import Episodes, Memory, transition_features
 
 CONTEXT_PARAMETER_PREFIXES = ("trans_embed", "key", "value", "query", "null_key", "null_value", "out")
@@ -109,11 +109,12 @@ class AttentionPolicy(Policy):
     Args:
         obs_dim: observation width.
         act_dim: action width.
-        hidden_sizes: widths of the tanh hidden layers of the action head.
+        hidden_sizes: widths of the hidden layers of the action head.
         embed_dim: width of the observation/transition embeddings and of the task summary.
         num_heads: attention heads; must divide ``embed_dim``.
         window: transitions of the current episode each step attends to (0: memory only).
         init_log_std: initial log standard deviation of every action dimension.
+        activation: nonlinearity of the action head's hidden layers (tanh or relu).
 
     Example (sampling two tasks with two slots each; losses use ``episode_distribution``):
 
@@ -138,8 +139,10 @@ class AttentionPolicy(Policy):
         num_heads: int = 2,
         window: int = 8,
         init_log_std: float = 0.0,
+        activation: str = "tanh",
     ) -> None:
         super().__init__(obs_dim, act_dim, init_log_std)
+        self.activation = hidden_activation(activation)
         if embed_dim <= 0 or num_heads <= 0 or embed_dim % num_heads:
             raise ValueError(f"embed_dim ({embed_dim}) must be a positive multiple of num_heads ({num_heads})")
         if window < 0:
@@ -280,7 +283,7 @@ class AttentionPolicy(Policy):
         for i in range(len(self.head)):
             x = self._linear(params, f"head.{i}", x)
             if i < last:
-                x = torch.tanh(x)
+                x = self.activation(x)
         log_std = params["log_std"]
         if log_std.dim() == 2:  # per task [N, A] -> [..., B, A]
             log_std = log_std.unsqueeze(-2).expand_as(x).reshape(*batch_shape, self.act_dim)

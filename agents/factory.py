@@ -10,11 +10,13 @@ from metarl.config import POLICIES, TrainConfig
 def make_policy(config: TrainConfig, obs_dim: int, act_dim: int) -> Policy:
     """The policy ``config.policy`` (``attention`` or ``mlp``) for the given sizes."""
     if config.policy == "mlp":
-        return GaussianMLPPolicy(obs_dim, act_dim, hidden_sizes=config.hidden_sizes)
+        return GaussianMLPPolicy(obs_dim, act_dim, hidden_sizes=config.hidden_sizes, activation=config.activation)
     if config.policy == "attention":
         from agents.attention import AttentionPolicy
 
-        return AttentionPolicy(obs_dim, act_dim, hidden_sizes=config.hidden_sizes, window=config.window)
+        return AttentionPolicy(
+            obs_dim, act_dim, hidden_sizes=config.hidden_sizes, window=config.window, activation=config.activation
+        )
     raise ValueError(f"unknown policy {config.policy!r}; valid policies: {', '.join(POLICIES)}")
 
 

@@ -11,6 +11,7 @@ act on its own slots (one batched matmul, no Python loop over tasks).
 from __future__ import annotations
 
 import abc
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -31,6 +32,17 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
     if weight.dim() == 2:
         return F.linear(x, weight, bias)
     return torch.einsum("...nsi,noi->...nso", x, weight) + bias.unsqueeze(-2)
+
+
+HIDDEN_ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {"tanh": torch.tanh, "relu": torch.relu}
+"""The hidden layers' nonlinearities by name (``TrainConfig.activation``)."""
+
+
+def hidden_activation(name: str) -> Callable[[Tensor], Tensor]:
+    """The nonlinearity called ``name``; ValueError listing the valid ones."""
+    if name not in HIDDEN_ACTIVATIONS:
+        raise ValueError(f"unknown activation {name!r}; valid: {', '.join(HIDDEN_ACTIVATIONS)}")
+    return HIDDEN_ACTIVATIONS[name]
 
 
 def diagonal_gaussian(mean: Tensor, log_std: Tensor) -> Independent:
@@ -99,13 +111,19 @@ class Policy(nn.Module, abc.ABC):
 
 
 class GaussianMLPPolicy(Policy):
-    """The MAML policy (Finn et al. 2017): an MLP mean with tanh hidden layers
-    and a state-independent log standard deviation; the context is ignored."""
+    """The MAML policy (Finn et al. 2017): an MLP mean with tanh (or ReLU) hidden
+    layers and a state-independent log standard deviation; the context is ignored."""
 
     def __init__(
-        self, obs_dim: int, act_dim: int, hidden_sizes: tuple[int, ...] = (64, 64), init_log_std: float = 0.0
+        self,
+        obs_dim: int,
+        act_dim: int,
+        hidden_sizes: tuple[int, ...] = (64, 64),
+        init_log_std: float = 0.0,
+        activation: str = "tanh",
     ) -> None:
         super().__init__(obs_dim, act_dim, init_log_std)
+        self.activation = hidden_activation(activation)
         sizes = (obs_dim, *hidden_sizes, act_dim)
         self.layers = nn.ModuleList(nn.Linear(i, o) for i, o in zip(sizes[:-1], sizes[1:], strict=True))
         for name, param in self.layers.named_parameters():
@@ -123,7 +141,7 @@ class GaussianMLPPolicy(Policy):
         for i in range(len(self.layers)):
             x = linear(x, params[f"layers.{i}.weight"], params[f"layers.{i}.bias"])
             if i < last:
-                x = torch.tanh(x)
+                x = self.activation(x)
         return x if num_tasks is None else x.reshape(*obs.shape[:-1], self.act_dim)
 
     def _log_std(self, params: Params, like: Tensor) -> Tensor:

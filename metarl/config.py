@@ -19,6 +19,7 @@ from typing import Any
 FVP_CURVATURES = ("adapted", "exact")
 ADAPT_SCOPES = ("all", "head", "context")
 POLICIES = ("attention", "mlp")
+ACTIVATIONS = ("tanh", "relu")
 DEVICES = ("auto", "cpu", "cuda")
 
 
@@ -126,6 +127,8 @@ class TrainConfig:
     """Episodes per task, before and after adaptation."""
     hidden_sizes: tuple[int, ...] = (64, 64)
     """Hidden layer widths of the policy's action head."""
+    activation: str = "tanh"
+    """Nonlinearity of those hidden layers: tanh (pytorch-maml-rl) or relu (the MAML paper, learn2learn)."""
     window: int = 8
     """Attention policy: transitions of the current episode in the causal window."""
     memory_size: int = 64
@@ -153,6 +156,7 @@ class TrainConfig:
                     len(self.hidden_sizes) >= 1 and min(self.hidden_sizes) >= 1,
                     "must be positive widths",
                 ),
+                "activation": (self.activation in ACTIVATIONS, f"must be one of {', '.join(ACTIVATIONS)}"),
                 "window": (self.window >= 1, "must be >= 1"),
                 "memory_size": (self.memory_size >= 1, "must be >= 1"),
                 "checkpoint_every": (self.checkpoint_every >= 1, "must be >= 1"),

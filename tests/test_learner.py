@@ -1,6 +1,7 @@
 """MAML-TRPO and its parts, checked by value in float64 (DESIGN.md, "Tests a meta-RL library must have").
 
-- the second-order meta-gradient equals central finite differences; the
+- the second-order meta-gradient equals central finite differences (tanh and
+  ReLU hidden layers); the
   first-order one differs, and equals finite differences with the inner
   gradient held fixed; ``MAMLTRPO.step`` reports the norm of that gradient;
 - adaptation batched over tasks (any ``task_chunk``) equals a Python loop;
@@ -30,11 +31,12 @@ import torch
 from torch import Tensor
 
 import envs
+from agents import factory
 from agents.attention import AttentionPolicy
 from agents.maml_trpo import FULL_STEP_KL_RATIO_CAP, MAMLTRPO, expand_params, flatten, policy_gradient_advantages
 from agents.policies import GaussianMLPPolicy, Params, Policy
 from metarl.baseline import baseline_features, fit_linear_baseline
-from metarl.config import MAMLConfig
+from metarl.config import MAMLConfig, TrainConfig
 from metarl.episodes import Episodes, Memory, build_memory, discounted_returns, gae, transition_features
 from metarl.optim import backtracking_line_search, conjugate_gradient
 from metarl.sampling import sample
@@ -51,8 +53,9 @@ POLICY_KINDS = ("mlp", "attention")
 def make_policy(kind: str = "mlp", seed: int = 0) -> Policy:
     """A tiny float64 policy with every parameter (biases, log_std) randomised from ``seed``."""
     torch.manual_seed(seed)  # nn.Linear's own initialisation; perturbed below from an explicit generator
-    if kind == "mlp":
-        policy: Policy = GaussianMLPPolicy(OBS_DIM, ACT_DIM, hidden_sizes=(5,))
+    if kind in ("mlp", "mlp_relu"):
+        activation = "relu" if kind == "mlp_relu" else "tanh"
+        policy: Policy = GaussianMLPPolicy(OBS_DIM, ACT_DIM, hidden_sizes=(5,), activation=activation)
     else:
         policy = AttentionPolicy(OBS_DIM, ACT_DIM, hidden_sizes=(4,), embed_dim=4, num_heads=2, window=2)
     policy = policy.double()
@@ -136,7 +139,7 @@ def central_difference(f: Callable[[Tensor], Tensor], x: Tensor, direction: Tens
 # ---------------------------------------------------------------------------- 1. meta-gradient
 
 
-@pytest.mark.parametrize("kind", POLICY_KINDS)
+@pytest.mark.parametrize("kind", [*POLICY_KINDS, "mlp_relu"])
 def test_second_order_meta_gradient_equals_finite_differences(kind: str) -> None:
     problem = Problem(kind)
     theta = problem.theta()
@@ -202,6 +205,22 @@ def test_step_reports_the_meta_gradient(first_order: bool) -> None:
     assert metrics["surrogate_before"] == pytest.approx(0.0, abs=1e-12)  # advantages are normalised per task
 
 
+def test_relu_reaches_both_policies_from_the_config() -> None:
+    """``--activation relu`` builds ReLU hidden layers (the MAML paper's policy); a bad name lists the valid ones."""
+    for kind in POLICY_KINDS:
+        config = TrainConfig(env="point_nav", policy=kind, activation="relu")
+        assert factory.make_policy(config, OBS_DIM, ACT_DIM).activation is torch.relu
+    policy = make_policy("mlp_relu")
+    params = policy.params()
+    obs = torch.randn(7, OBS_DIM, generator=torch.Generator().manual_seed(0), dtype=DTYPE)
+    hidden = torch.relu(obs @ params["layers.0.weight"].T + params["layers.0.bias"])
+    expected = hidden @ params["layers.1.weight"].T + params["layers.1.bias"]
+    torch.testing.assert_close(policy.mean(params, obs), expected, rtol=1e-12, atol=1e-12)
+    assert (hidden == 0).any() and (hidden > 0).any()  # the kink is exercised
+    with pytest.raises(ValueError, match="gelu.*tanh, relu"):
+        GaussianMLPPolicy(OBS_DIM, ACT_DIM, activation="gelu")
+
+
 # ---------------------------------------------------------------------------- 2. batched == loop
 
 
@@ -249,6 +268,7 @@ def test_batched_adaptation_equals_a_loop_over_tasks(kind: str, num_inner_steps:
         ("mlp", "exact", False, 1, 0, "all"),
         ("mlp", "exact", False, 1, 1, "all"),  # one chunk per task: the chunks' products add up
         ("mlp", "exact", False, 2, 0, "all"),
+        ("mlp_relu", "exact", False, 2, 0, "all"),  # ReLU: the inner loss's Hessian has no activation term
         ("mlp", "adapted", False, 1, 0, "all"),
         ("mlp", "exact", True, 1, 0, "all"),  # first order: the exact curvature falls back to the adapted one
         ("attention", "exact", False, 1, 0, "all"),

@@ -205,6 +205,7 @@ def assert_one_line_error(capsys: pytest.CaptureFixture[str], *fragments: str) -
     [
         (["--env", "no_such_env"], ["no_such_env", *envs.names()]),
         (["--policy", "transformer"], ["policy", "transformer", "attention", "mlp"]),
+        (["--activation", "sigmoid"], ["activation", "sigmoid", "tanh", "relu"]),
         (["--meta-batch-size", "0"], ["meta-batch-size", "0"]),
         (["--meta-batch-size", "-3"], ["meta-batch-size", "-3"]),
         (["--inner-lr", "-0.1"], ["inner-lr", "-0.1"]),
@@ -215,6 +216,7 @@ def assert_one_line_error(capsys: pytest.CaptureFixture[str], *fragments: str) -
     ids=[
         "unknown-env",
         "unknown-policy",
+        "unknown-activation",
         "zero-meta-batch",
         "negative-meta-batch",
         "negative-inner-lr",
