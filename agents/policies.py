@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.distributions import Independent, Normal
 
-from metarl.config import ADAPT_SCOPES
+from metarl.config import ACTIVATIONS, ADAPT_SCOPES
 from metarl.episodes import Episodes, Memory
 from metarl.params import Params
 
@@ -34,8 +34,8 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
     return torch.einsum("...nsi,noi->...nso", x, weight) + bias.unsqueeze(-2)
 
 
-HIDDEN_ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {"tanh": torch.tanh, "relu": torch.relu}
-"""The hidden layers' nonlinearities by name (``TrainConfig.activation``)."""
+HIDDEN_ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {name: getattr(torch, name) for name in ACTIVATIONS}
+"""The hidden layers' nonlinearities by name (``TrainConfig.activation``): ``torch.tanh``, ``torch.relu``."""
 
 
 def hidden_activation(name: str) -> Callable[[Tensor], Tensor]:
