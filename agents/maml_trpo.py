@@ -40,7 +40,7 @@ FULL_STEP_KL_RATIO_CAP = 1e6
 CPU_TASK_CHUNK = 10
 """Tasks per batched computation on a CPU when ``task_chunk`` is 0: on half_cheetah_vel's 40 tasks
 x 4,000 steps, the meta-gradient took 0.41 s and the 40-task conjugate gradient 9.3 s in chunks of
-10, against 0.81 s and 18.8 s at once (README: Speed)."""
+10, against 0.81 s and 18.8 s at once (docs/speed.md)."""
 
 
 def policy_gradient_advantages(episodes: Episodes, gamma: float, gae_lambda: float) -> Tensor:
@@ -301,7 +301,7 @@ class MAMLTRPO:
         Differentiating the KL's gradient through the inner loop instead (the
         same numbers) takes the inner loss's third derivatives: on 10 tasks x
         4,000 steps that cost 1.3x the time per product and 2.3x (MLP) to 2.4x
-        (attention) to build (README: Speed).
+        (attention) to build (docs/speed.md).
 
         ``fvp_tasks`` restricts it to the first tasks (0: all) and ``fvp_episodes``
         to each task's first episodes, before and after adaptation. The graphs are

@@ -57,11 +57,11 @@ class MAMLConfig:
     fvp_tasks: int = 10
     """Tasks whose KL defines the Fisher-vector products (0: all). The subsample cuts the conjugate
     gradient's cost 4-5x; its curvature mispredicts the step's KL (up to 12x late in a run, which the
-    line search absorbs), yet all 40 tasks learned no better in the same minutes (README: Results)."""
+    line search absorbs), yet all 40 tasks learned no better in the same minutes (docs/experiments.md)."""
     fvp_episodes: int = 0
     """Episodes per task, the first ones, whose KL defines the Fisher-vector products (0: all).
     5 of 20 on all tasks predicted the step's KL within 1.7x, at the cost of 10 whole tasks
-    (README: Results); learning with it has not been measured."""
+    (docs/experiments.md); learning with it has not been measured."""
     fvp_curvature: str = "exact"
     """Trust-region curvature: exact (the KL Hessian through the inner loop) or adapted (the
     adapted policies' Fisher, inner-step Jacobian taken as identity: cheaper, learned worse)."""
@@ -191,7 +191,7 @@ PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
     "half_cheetah_dir": (
         "learn2learn examples/rl/maml_trpo.py: gamma 0.95, backtracking 0.5, and its inner lr 0.1 and max_kl 0.01, "
         "which it applies to log-probabilities and KLs averaged over the 6 action dimensions, as 0.0167 and 0.06 "
-        "on the sums metarl uses; 40 tasks x 20 episodes, 64x64 tanh as pytorch-maml-rl (README: Results)",
+        "on the sums metarl uses; 40 tasks x 20 episodes, 64x64 tanh as pytorch-maml-rl (docs/experiments.md)",
         {"maml": {"gamma": 0.95, "inner_lr": 0.0167, "max_kl": 0.06, "line_search_ratio": 0.5}},
     ),
     "ant_dir": ("pytorch-maml-rl configs/maml/ant-dir.yaml", {}),
