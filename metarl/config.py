@@ -60,8 +60,8 @@ class MAMLConfig:
     line search absorbs), yet all 40 tasks learned no better in the same minutes (docs/experiments.md)."""
     fvp_episodes: int = 0
     """Episodes per task, the first ones, whose KL defines the Fisher-vector products (0: all).
-    5 of 20 on all tasks predicted the step's KL within 1.7x, at the cost of 10 whole tasks
-    (docs/experiments.md); learning with it has not been measured."""
+    5 of 20 on all tasks predicted the step's KL within 1.7x, at the cost of 10 whole tasks, but 3
+    seeds on half_cheetah_dir learned worse with it than with the default (docs/experiments.md)."""
     fvp_curvature: str = "exact"
     """Trust-region curvature: exact (the KL Hessian through the inner loop) or adapted (the
     adapted policies' Fisher, inner-step Jacobian taken as identity: cheaper, learned worse)."""
