@@ -337,6 +337,7 @@ def train(
         The agent and its record: ``budget``, ``env_steps`` (used),
         ``wall_clock_s`` and ``hyperparameters`` (as fitted).
     """
+    from stable_baselines3.common.logger import Logger
     from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
 
     fitted = fit_to_budget(algo, setting.values, env_steps, fine_tune=start is not None)
@@ -351,6 +352,8 @@ def train(
             "MlpPolicy", normalizer or venv, seed=seed, device="cpu", verbose=0, **_sb3_arguments(fitted)
         )
         agent = Agent(algo, model, normalizer)
+    # SB3's default logger at verbose=0 creates an empty temporary directory per learn(); log nowhere instead
+    agent.model.set_logger(Logger(folder=None, output_formats=[]))
     tic = time.perf_counter()
     agent.model.learn(total_timesteps=env_steps, reset_num_timesteps=True)
     record = {

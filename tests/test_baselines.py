@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -137,7 +138,12 @@ def test_budgets_resolve_from_preset_run_and_flags(tmp_path: Path) -> None:
 
 # ------------------------------------------------------------------ agents
 @pytest.mark.parametrize(("name", "algo", "steps"), [("half_cheetah_vel", "ppo", 256), ("point_nav", "sac", 64)])
-def test_saved_agents_reload_and_act_the_same(name: str, algo: str, steps: int, tmp_path: Path, in_tmp_dir) -> None:
+def test_saved_agents_reload_and_act_the_same(
+    name: str, algo: str, steps: int, tmp_path: Path, in_tmp_dir, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    scratch = tmp_path / "tempdir"  # SB3's default logger would leave a directory here per learn()
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
     family = envs.make(name)
     task = family.test_tasks()[0]
     setting = hyperparameters(algo, name)
@@ -154,6 +160,7 @@ def test_saved_agents_reload_and_act_the_same(name: str, algo: str, steps: int, 
     assert record["env_steps"] == steps
     if setting.normalize:  # fine-tuning goes on updating the pretrained statistics
         assert tuned.normalizer.obs_rms.count >= agent.normalizer.obs_rms.count + steps
+    assert not list(scratch.glob("SB3-*"))
 
 
 def test_evaluation_matches_single_env_rollouts() -> None:
