@@ -289,6 +289,12 @@ def training_command(config: dict[str, Any]) -> str:
     return " ".join(["python", "scripts/meta_train.py", *flags])
 
 
+def evaluation_command(report: dict[str, Any]) -> str:
+    """The report's ``evaluate.py`` command with its run directory written as ``RUN_DIR``: the
+    directory the training command wrote, which is a path on the machine that ran it."""
+    return " ".join("RUN_DIR" if token == report["run_dir"] else token for token in report["command"].split(" "))
+
+
 def entries(report: dict[str, Any]) -> dict[tuple[str, str], Entry]:
     """Row key -> the report's entry in that row (a :func:`complete` report)."""
     tasks = len(report["tasks"])
@@ -306,7 +312,7 @@ def entries(report: dict[str, Any]) -> dict[tuple[str, str], Entry]:
         return {key: entry}
     config, episodes = report["config"], report.get("by_episodes", {})
     cost = report.get("meta_training") or {}
-    commands = [training_command(config), report["command"]]
+    commands = [training_command(config), evaluation_command(report)]
     seed, env_steps, wall = config["seed"], cost.get("env_steps"), cost.get("wall_clock_s")
     policy = run_name(report)
     rows = {

@@ -336,6 +336,8 @@ def test_results_table_from_saved_reports(evaluated: Path, baseline_dir: Path, t
     assert rows["MAML + attention"][1:-1] == ["–"] * (len(headers) - 2)
     assert "python scripts/meta_train.py --env point_nav --policy mlp --seed 0 --iterations 1" in section
     assert "python scripts/baselines.py --env point_nav --from-eval" in section
+    assert "python scripts/evaluate.py RUN_DIR --steps" in section  # not the path of the machine that ran it
+    assert evaluation["run_dir"] not in table
     assert "**`half_cheetah_mass`, ood tasks**" in table  # every table of the issue, empty or not
 
     readme = tmp_path / "README.md"
