@@ -98,17 +98,34 @@ def sampling(family: envs.TaskFamily, sizes: list[int], vector_envs: int, second
 
 
 def learner(
-    env: str, policies: list[str], device: str, iterations: int, maml: MAMLConfig, seconds: float
+    env: str,
+    policies: list[str],
+    device: str,
+    iterations: int,
+    maml: MAMLConfig,
+    seconds: float,
+    context: dict[str, int] | None = None,
 ) -> dict[str, Any]:
     """Seconds per meta-iteration (sampling, inner loop, TRPO) of the classic configuration
-    (40 tasks x 20 episodes, one inner step, 10 CG iterations), per policy."""
+    (40 tasks x 20 episodes, one inner step, 10 CG iterations), per policy.
+
+    ``context`` overrides the attention policy's ``window`` and ``memory_size`` (TrainConfig fields).
+    """
+    context = context or {}
     family = envs.make(env)
     cores = available_cores()
     raw = raw_limit(family, benchmark.mlp_policy(family.observation_dim, family.action_dim), seconds)
-    out: dict[str, Any] = {"env": env, "cores": cores, "device": device, "raw_single_thread": raw, "maml": vars(maml)}
+    out: dict[str, Any] = {
+        "env": env,
+        "cores": cores,
+        "device": device,
+        "raw_single_thread": raw,
+        "maml": vars(maml),
+        "context": context,
+    }
     print(f"{env} on {cores} cores, learner on {device}; raw limit {raw or float('nan'):.0f} steps/s/core")
     for name in policies:
-        config = TrainConfig(env=env, policy=name, device=device, maml=maml)
+        config = TrainConfig(env=env, policy=name, device=device, maml=maml, **context)
         torch.manual_seed(0)
         policy = make_policy(config, family.observation_dim, family.action_dim).to(resolve_device(device))
         trainer = MetaTrainer(config, family, policy, make_learner(config, policy), Path("."), resolve_device(device))
@@ -296,6 +313,12 @@ def main(argv: list[str] | None = None) -> int:
     cmd.add_argument(
         "--fvp-episodes", type=int, default=MAMLConfig.fvp_episodes, help="episodes per task of the products (0: all)"
     )
+    cmd.add_argument(
+        "--window", type=int, default=TrainConfig.window, help="attention policy: transitions in the causal window"
+    )
+    cmd.add_argument(
+        "--memory-size", type=int, default=TrainConfig.memory_size, help="attention policy: transitions in the memory"
+    )
     cmd.add_argument("--seconds", type=float, default=3.0, help="measuring time of the raw limit")
     cmd.add_argument("--json", type=Path, help="also write the results to this JSON file")
     cmd = sub.add_parser("fisher", help="how well subsampled Fisher-vector products predict a TRPO step's KL")
@@ -332,6 +355,8 @@ def main(argv: list[str] | None = None) -> int:
                 fvp_tasks=args.fvp_tasks,
                 fvp_episodes=args.fvp_episodes,
             )
+            context = {"window": args.window, "memory_size": args.memory_size}
+            TrainConfig(env=args.env, maml=maml, **context)  # validates them
             resolve_device(args.device)
         else:
             sizes = [int(b) for b in args.batch_sizes.split(",")]
@@ -340,7 +365,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as error:
         parser.error(str(error))
     if args.command == "learner":
-        results = learner(args.env, args.policies.split(","), args.device, args.iterations, maml, args.seconds)
+        results = learner(args.env, args.policies.split(","), args.device, args.iterations, maml, args.seconds, context)
     else:
         # One torch thread: the policy's matrices are small, and idle OpenMP workers
         # spinning beside MuJoCo's threads cost more than they give (2x here).

@@ -204,6 +204,29 @@ def test_empty_context_is_well_defined() -> None:
     torch.testing.assert_close(without[0], by_hand, rtol=0, atol=1e-12)
 
 
+def test_full_memory_equals_padded_memory() -> None:
+    """A full memory (no masking pass) and the same rows padded with empty ones: same values and gradients."""
+    policy = make_policy()
+    episodes = random_episodes(1)
+    full = build_memory(random_episodes(2, lengths=(12,) * 6), 10, torch.Generator().manual_seed(0))
+    assert bool((full.mask > 0).all())
+    generator = torch.Generator().manual_seed(6)
+    padding = 100 * torch.randn(NUM_TASKS, 4, policy.transition_dim, generator=generator, dtype=torch.float64)
+    padded = Memory(
+        torch.cat([padding[:, :2], full.transitions, padding[:, 2:]], dim=1),
+        torch.cat([torch.zeros(NUM_TASKS, 2), full.mask, torch.zeros(NUM_TASKS, 2)], dim=1).double(),
+    )
+    results = []
+    for memory in (full, padded):
+        params = {k: v.detach().requires_grad_() for k, v in per_task(policy.params()).items()}
+        log_prob = policy.episode_distribution(params, episodes, memory).log_prob(episodes.actions)
+        grads = torch.autograd.grad((log_prob * episodes.mask).sum(), list(params.values()))
+        results.append((log_prob, grads))
+    torch.testing.assert_close(results[1][0], results[0][0], rtol=0, atol=1e-12)
+    for padded_grad, full_grad in zip(results[1][1], results[0][1], strict=True):
+        torch.testing.assert_close(padded_grad, full_grad, rtol=0, atol=1e-10)
+
+
 # ---------------------------------------------------------------------------------------------- 4
 
 

@@ -871,3 +871,17 @@ def test_fisher_benchmark_bad_input(tmp_path: Path, bad: list[str], capsys: pyte
         benchmark.main(["fisher", str(tmp_path / "missing")])
     assert exit_info.value.code == 2
     assert "not a metarl run directory" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("bad", "message"),
+    [(["--memory-size", "0"], "memory-size"), (["--window", "0"], "window"), (["--fvp-tasks", "-1"], "fvp-tasks")],
+)
+def test_learner_benchmark_bad_input(bad: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """Invalid sizes of ``benchmark.py learner`` fail on the command line, before any sampling."""
+    from scripts import benchmark
+
+    with pytest.raises(SystemExit) as exit_info:
+        benchmark.main(["learner", *bad])
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
