@@ -71,13 +71,12 @@ class MemoryAttention(NamedTuple):
     Attributes:
         keys: ``[N, M, H, d]``.
         values: ``[N, M, H, d]``.
-        mask: ``[N, M]`` bool, True for filled rows; None when every row is filled (always so in
-            training), which spares the ``[..., H, M]`` masking pass and its backward.
+        mask: ``[N, M]`` bool, True for filled rows.
     """
 
     keys: Tensor
     values: Tensor
-    mask: Tensor | None
+    mask: Tensor
 
 
 @dataclasses.dataclass(frozen=True)
@@ -232,8 +231,7 @@ class AttentionPolicy(Policy):
             )
         reference = params["null_key"]
         keys, values = self._keys_values(params, memory.transitions.to(reference))
-        filled = memory.mask.to(reference.device) > 0
-        return MemoryAttention(keys, values, None if bool(filled.all()) else filled)
+        return MemoryAttention(keys, values, memory.mask.to(reference.device) > 0)
 
     def _summary(
         self,
@@ -256,10 +254,13 @@ class AttentionPolicy(Policy):
             parts.append((window_scores.masked_fill(~window_valid, -math.inf), weigh))
         if memory is not None:
             memory_scores = torch.einsum("...nshd,nmhd->...nshm", q, memory.keys)
-            if memory.mask is not None:
-                memory_scores = memory_scores.masked_fill(~memory.mask[:, None, None, :], -math.inf)
             values = memory.values
-            parts.append((memory_scores, lambda weights: torch.einsum("...nshm,nmhd->...nshd", weights, values)))
+            parts.append(
+                (
+                    memory_scores.masked_fill(~memory.mask[:, None, None, :], -math.inf),
+                    lambda weights: torch.einsum("...nshm,nmhd->...nshd", weights, values),
+                )
+            )
         # The softmax over the entries of all parts, without concatenating them: each part's
         # exp(score - shift) weighs its own values and the sum is divided once by the total weight.
         # The shift, a detached bound of every valid score, keeps exp() <= 1 and changes nothing else.

@@ -205,7 +205,7 @@ def test_empty_context_is_well_defined() -> None:
 
 
 def test_full_memory_equals_padded_memory() -> None:
-    """A full memory (no masking pass) and the same rows padded with empty ones: same values and gradients."""
+    """A full memory and the same rows padded with empty ones (masked): same values and gradients."""
     policy = make_policy()
     episodes = random_episodes(1)
     full = build_memory(random_episodes(2, lengths=(12,) * 6), 10, torch.Generator().manual_seed(0))
