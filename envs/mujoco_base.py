@@ -11,6 +11,7 @@ import copy
 import dataclasses
 import functools
 import os
+import re
 from collections.abc import Callable
 from typing import Any, ClassVar
 
@@ -107,9 +108,24 @@ class Robot:
         return qpos, qvel
 
 
+_TOTAL_MASS = re.compile(r'\s+settotalmass="([^"]+)"')
+
+
 @functools.cache
 def _load_model(path: str) -> mujoco.MjModel:
-    return mujoco.MjModel.from_xml_path(path)
+    """The compiled asset. MuJoCo 4 deprecates the compiler's ``settotalmass`` (HalfCheetah's
+    asset sets it): compiling it prints a warning and writes ``MUJOCO_LOG.TXT`` into the working
+    directory. It is applied instead as that warning says, with ``mj_setTotalmass`` and
+    ``mj_setConst`` on the compiled model, which gives the same model field for field."""
+    with open(path) as file:
+        xml = file.read()
+    total_mass = _TOTAL_MASS.search(xml)
+    if total_mass is None:
+        return mujoco.MjModel.from_xml_path(path)
+    model = mujoco.MjModel.from_xml_string(xml.replace(total_mass.group(0), "", 1))
+    mujoco.mj_setTotalmass(model, float(total_mass.group(1)))
+    mujoco.mj_setConst(model, mujoco.MjData(model))
+    return model
 
 
 CONTACT_FORCE_RANGE = (-1.0, 1.0)

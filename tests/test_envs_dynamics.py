@@ -4,6 +4,7 @@ never compound across tasks, reach every slot of a batch, and change the physics
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import mujoco
 import numpy as np
@@ -12,7 +13,7 @@ import pytest
 import envs
 from envs.core import Task
 from envs.dynamics import PARAM_BASES, FrictionTask, MassTask, ParamsTask
-from envs.mujoco_base import MujocoFamily
+from envs.mujoco_base import MujocoFamily, _load_model
 from envs.vector import MujocoBatch
 
 pytestmark = pytest.mark.usefixtures("in_tmp_dir")
@@ -182,3 +183,22 @@ def test_heavier_half_cheetah_moves_differently_in_single_envs() -> None:
         obs_heavy = heavy.step(action)[0]
     assert np.abs(obs_light - obs_heavy).max() > 1e-2
     assert light.unwrapped.model.body_mass.sum() * 4 == pytest.approx(heavy.unwrapped.model.body_mass.sum())  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("name", ["half_cheetah_vel", "ant_dir", "hopper_params", "walker_params"])
+def test_models_equal_their_assets_without_mujocos_deprecation_warning(
+    name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """HalfCheetah's ``settotalmass``, applied after compiling, gives the model MuJoCo compiles from
+    the asset, field for field, without the deprecation warning or a MUJOCO_LOG.TXT beside the user."""
+    family = mujoco_family(name)
+    monkeypatch.chdir(tmp_path)
+    capfd.readouterr()
+    model = _load_model.__wrapped__(family.robot.xml_path)  # uncached: the compile happens here
+    assert "WARNING" not in "".join(capfd.readouterr())
+    assert not (tmp_path / "MUJOCO_LOG.TXT").exists()
+    asset = pristine_model(family)
+    fields = [name for name in dir(asset) if isinstance(getattr(asset, name), np.ndarray)]
+    assert "body_mass" in fields and "dof_invweight0" in fields
+    for field in fields:
+        np.testing.assert_array_equal(getattr(model, field), getattr(asset, field), err_msg=field)
