@@ -198,7 +198,7 @@ def test_models_equal_their_assets_without_mujocos_deprecation_warning(
     assert "WARNING" not in "".join(capfd.readouterr())
     assert not (tmp_path / "MUJOCO_LOG.TXT").exists()
     asset = pristine_model(family)
-    fields = [name for name in dir(asset) if isinstance(getattr(asset, name), np.ndarray)]
+    fields = [field for field in dir(asset) if isinstance(getattr(asset, field), np.ndarray)]
     assert "body_mass" in fields and "dof_invweight0" in fields
     for field in fields:
         np.testing.assert_array_equal(getattr(model, field), getattr(asset, field), err_msg=field)
