@@ -679,7 +679,7 @@ class BaselineRun:
             "seed": cfg.seed,
             "command": self.command,
             "config": cfg.to_dict(),
-            "hyperparameters": {"source": self.setting.source, "normalize": self.setting.normalize},
+            "hyperparameters": self.setting._asdict(),
             "tasks": [t.to_dict() for t in self.tasks],
             "adaptation_env_steps_per_step": cfg.adaptation_env_steps,
             "meta_training": cfg.meta_training,

@@ -20,8 +20,9 @@ Walker2d), SB3 defaults for point_nav; rollout sizes fitted to small budgets
 (agents.baselines.fit_to_budget). PPO is the default; SAC (--algo sac) is the
 usual practitioner's choice on the MuJoCo locomotion families, but trains about
 6x slower per env-step here (SPEED_ESTIMATE), so mind the printed estimate. Writes to --out (default
-results/<env>/<split>/<algo>__<seed>/): <kind>.json (schema: agents.baselines),
-the models under <kind>/, config.json and command; --csv adds every number in
+results/<env>/<split>/<algo>__<seed>/): <kind>.json (schema: agents.baselines; it
+records its own command, config and hyperparameters, so kinds run one at a time into
+one directory each keep theirs) and the models under <kind>/; --csv adds every number in
 evaluate.py's long CSV format (curve by_budget, mode = kind).
 """
 
@@ -101,8 +102,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.plan:
         return 0
     out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(json.dumps({**config.to_dict(), "hyperparameters": setting._asdict()}, indent=1))
-    (out / "command").write_text(command + "\n")
     run = BaselineRun(family, tasks, config, out, command, progress=lambda m: print(m, flush=True))
     with torch_threads(1):
         reports = [run.run(kind) for kind in config.kinds]

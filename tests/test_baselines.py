@@ -216,15 +216,15 @@ def test_evaluation_records_the_adaptation_budget(evaluated: Path) -> None:
 def test_each_kind_writes_its_report_models_and_csv(baseline_dir: Path, evaluated: Path) -> None:
     evaluation = json.loads(evaluated.read_text())
     budget = evaluation["adaptation_env_steps_per_step"]
-    assert (baseline_dir / "command").read_text().startswith("python scripts/baselines.py --env point_nav")
-    config = json.loads((baseline_dir / "config.json").read_text())
-    assert config["multitask_env_steps"] == evaluation["meta_training"]["env_steps"]
     expected_x = {"scratch": [1, 3], "multitask": [0, 1], "oracle": [0]}
     reports = []
     for kind in KINDS:
         report = json.loads((baseline_dir / f"{kind}.json").read_text())
         reports.append(report)
         assert (report["kind"], report["algo"], report["env"], report["split"]) == (kind, "ppo", "point_nav", "test")
+        assert report["command"].startswith("python scripts/baselines.py --env point_nav")
+        assert report["config"]["multitask_env_steps"] == evaluation["meta_training"]["env_steps"]
+        assert report["hyperparameters"] == json.loads(json.dumps(hyperparameters("ppo", "point_nav")._asdict()))
         assert report["tasks"] == evaluation["tasks"][:2]
         c = report["by_budget"]
         assert c["x"] == expected_x[kind] and c["env_steps"] == [x * budget for x in c["x"]]
