@@ -21,7 +21,8 @@ is a policy and the training settings that differ from the family's preset
 (:func:`policy_name`), so only runs that differ in seed or budget share one.
 Reports of the same row (several seeds) are averaged: the cell is the mean over seeds with
 a 95% Student-t interval over seeds; with one seed, the interval is the
-report's, over tasks. Training columns: meta-training's env-steps and
+report's, over tasks. Two reports of one seed in a row (one run evaluated twice
+as it trained on) are an error, not two seeds. Training columns: meta-training's env-steps and
 wall-clock (``meta_training`` of the evaluation report), or the sum over a
 baseline's agents (``training``).
 """
@@ -236,6 +237,8 @@ class Entry:
     env_steps: float | None
     wall_clock_s: float | None
     commands: list[str]
+    file: str
+    """Where the report was read from (``load_reports``), for error messages."""
 
 
 def _point(c: dict[str, Any], x: int) -> tuple[float, float, float] | None:
@@ -297,7 +300,7 @@ def evaluation_command(report: dict[str, Any]) -> str:
 
 def entries(report: dict[str, Any]) -> dict[tuple[str, str], Entry]:
     """Row key -> the report's entry in that row (a :func:`complete` report)."""
-    tasks = len(report["tasks"])
+    tasks, source = len(report["tasks"]), report.get("file", "a report")
     if is_baseline(report):
         key = (report["kind"], report["algo"])
         training = report["training"]
@@ -308,6 +311,7 @@ def entries(report: dict[str, Any]) -> dict[tuple[str, str], Entry]:
             training["env_steps"],
             training["wall_clock_s"],
             [report["command"]],
+            source,
         )
         return {key: entry}
     config, episodes = report["config"], report.get("by_episodes", {})
@@ -317,7 +321,13 @@ def entries(report: dict[str, Any]) -> dict[tuple[str, str], Entry]:
     policy = run_name(report)
     rows = {
         ("maml", policy): Entry(
-            _values(report["by_gradient_steps"], episodes.get("gradient")), seed, tasks, env_steps, wall, commands
+            _values(report["by_gradient_steps"], episodes.get("gradient")),
+            seed,
+            tasks,
+            env_steps,
+            wall,
+            commands,
+            source,
         )
     }
     if "context" in episodes:
@@ -325,7 +335,7 @@ def entries(report: dict[str, Any]) -> dict[tuple[str, str], Entry]:
         first = _point(episodes["context"], 1)
         if first is not None:
             context["before adaptation"] = first
-        rows[("context", policy)] = Entry(context, seed, tasks, env_steps, wall, commands)
+        rows[("context", policy)] = Entry(context, seed, tasks, env_steps, wall, commands, source)
     return rows
 
 
@@ -399,6 +409,13 @@ def results_markdown(reports: list[dict[str, Any]]) -> str:
     for report in reports:
         rows = grouped.setdefault(section(report), {})
         for key, entry in entries(report).items():
+            twin = next((e for e in rows.get(key, []) if e.seed == entry.seed), None)
+            if twin is not None:
+                raise ValueError(
+                    f"{twin.file} and {entry.file} are both seed {entry.seed} of the row"
+                    f" '{row_label(*key)}' ({'/'.join(section(report))}), which averages over seeds;"
+                    " keep one, or evaluate a numbered checkpoint (evaluate.py --checkpoint) for a row of its own"
+                )
             rows.setdefault(key, []).append(entry)
     out: list[str] = []
     notes = 1

@@ -14,8 +14,9 @@ half_cheetah_dir, half_cheetah_mass, point_nav always, test and where defined
 ood; others when saved), rows MAML + attention, MAML + MLP, attention context
 only, multi-task + fine-tuning, from scratch (1x, 10x, 100x the adaptation
 budget, in the "after 1/10/100 steps" columns), oracle; cells without data
-are "–"; reports of the same row are averaged over seeds; each row's note
-gives its commands and seeds (metarl.results says exactly what each cell is).
+are "–"; reports of the same row are averaged over seeds (one seed twice
+is an error); each row's note gives its commands and seeds (metarl.results
+says exactly what each cell is).
 --write replaces the text between <!-- results:start --> and <!-- results:end -->.
 """
 

@@ -405,6 +405,17 @@ def test_results_average_the_seeds_of_a_row() -> None:
     assert "seeds 0, 1; 2 tasks" in table
 
 
+def test_results_refuse_two_reports_of_one_seed_in_a_row() -> None:
+    """A row averages over seeds: the same seed twice (say one run evaluated at two points of its
+    training) would be counted as two seeds, so it is an error that names both files."""
+    first, second = np.array([[1.0, 3.0]]), np.array([[5.0, 7.0]])
+    reports = [{**_report(0, first), "file": "a/scratch.json"}, {**_report(0, second), "file": "b/scratch.json"}]
+    with pytest.raises(ValueError, match=r"a/scratch\.json and b/scratch\.json are both seed 0 of the row"):
+        results.results_markdown(reports)
+    other_kind = {**_report(0, second, kind="oracle"), "file": "b/oracle.json"}
+    assert "| oracle" in results.results_markdown([reports[0], other_kind])
+
+
 def test_compare_plot_redraws_saved_reports(evaluated: Path, baseline_dir: Path, tmp_path: Path, capsys) -> None:
     root = evaluated.parent.parent.parent
     out = tmp_path / "compare.png"
