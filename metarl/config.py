@@ -137,7 +137,8 @@ class TrainConfig:
     """Context policies: fraction of meta-iterations whose post-adaptation episodes adapt through
     the memory alone (no inner gradient step), so that in-context adaptation is trained too."""
     time_limit: float = 0.0
-    """Stop (with a checkpoint) once this many minutes of training have passed; 0: no limit."""
+    """Stop (with a checkpoint) once the run has trained this many minutes, counted over every
+    session that resumed it; 0: no limit."""
     checkpoint_every: int = 50
     """Keep a numbered checkpoint every this many iterations (the latest is written every iteration)."""
     maml: MAMLConfig = dataclasses.field(default_factory=MAMLConfig)

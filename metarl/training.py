@@ -12,6 +12,9 @@ One meta-iteration (each arrow one call)::
 Randomness comes from one ``numpy.random.Generator`` (tasks, simulator seeds)
 and one CPU ``torch.Generator`` (action noise, memory subsets), both saved in
 every checkpoint, so a resumed run continues exactly as an uninterrupted one.
+The time limit counts the run's training time, summed over the sessions that
+resumed it (``elapsed_s`` in the checkpoint), so a resumed run stops where an
+uninterrupted one would.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ import torch
 from metarl import checkpoint
 from metarl.config import TrainConfig
 from metarl.episodes import Episodes, Memory, build_memory
+from metarl.evaluation import training_cost
 from metarl.logger import MetricLogger
 from metarl.params import detached
 from metarl.sampling import sample
@@ -87,11 +91,13 @@ class MetaTrainer:
         self.rng = np.random.default_rng(config.seed)
         self.generator = torch.Generator().manual_seed(config.seed)
         self.iteration = 0  # the next iteration to run
+        self.elapsed = 0.0  # seconds of training so far (the sum of the iterations' time/iteration)
 
     # ------------------------------------------------------------ state
     def state(self, metrics: dict[str, float]) -> dict[str, Any]:
         return {
             "iteration": self.iteration,
+            "elapsed_s": self.elapsed,
             "config": self.config.to_dict(),
             "policy": {k: v.detach().cpu() for k, v in self.policy.state_dict().items()},
             "numpy_rng": self.rng.bit_generator.state,
@@ -116,6 +122,11 @@ class MetaTrainer:
         self.rng.bit_generator.state = state["numpy_rng"]
         self.generator.set_state(state["torch_rng"])
         self.iteration = int(state["iteration"])
+        if "elapsed_s" in state:
+            self.elapsed = float(state["elapsed_s"])
+        else:  # a checkpoint from before elapsed_s was saved: its iterations' times in metrics.csv
+            cost = training_cost(self.run_dir, self.family.horizon, self.iteration)
+            self.elapsed = cost["wall_clock_s"] if cost else 0.0
 
     # ------------------------------------------------------------ one iteration
     def collect(self) -> tuple[Episodes, Episodes, Memory | None, int | None, dict[str, float]]:
@@ -198,12 +209,13 @@ class MetaTrainer:
         logger = MetricLogger(self.run_dir, resume_iteration=self.iteration - 1 if resumed else None)
         metrics: dict[str, float] = {}
         bar = tqdm(total=cfg.iterations, initial=self.iteration, disable=not progress, unit="it", dynamic_ncols=True)
-        deadline = time.monotonic() + 60.0 * cfg.time_limit if cfg.time_limit else math.inf
+        deadline = time.monotonic() + 60.0 * cfg.time_limit - self.elapsed if cfg.time_limit else math.inf
         try:
             while self.iteration < cfg.iterations and time.monotonic() < deadline:
                 metrics = self.step()
                 logger.log(self.iteration, metrics)
                 self.iteration += 1
+                self.elapsed += metrics["time/iteration"]
                 self.save(metrics)
                 bar.update(1)
                 bar.set_postfix(

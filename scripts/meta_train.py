@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import signal
 import sys
 from collections.abc import Iterator
@@ -29,7 +30,11 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, help="run directory (default: runs/<env>__<policy>__<seed>__<time>)")
     p.add_argument(
-        "--resume", type=Path, metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint"
+        "--resume",
+        type=Path,
+        metavar="RUN_DIR",
+        help="continue the run in RUN_DIR from its last checkpoint, with its config (only --iterations,"
+        " --time-limit and --device may be given, to extend or move it)",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_arguments(p.add_argument_group("run"), TrainConfig)
@@ -37,14 +42,29 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+RESUME_OVERRIDES = ("iterations", "time_limit", "device")
+"""The settings ``--resume`` may change (to extend a run); the others are the run's own."""
+
+
+def config_flags(args: argparse.Namespace) -> list[str]:
+    """The config fields whose flags ``args`` gives."""
+    fields = {f.name for f in dataclasses.fields(TrainConfig)} | {f.name for f in dataclasses.fields(MAMLConfig)}
+    return [name for name, value in vars(args).items() if name in fields and value is not None]
+
+
 def build(args: argparse.Namespace) -> MetaTrainer:
     """Resolve the config, the family, the policy and the run directory (ValueError on bad input)."""
     state = None
     if args.resume is not None:
+        fixed = [f"--{name.replace('_', '-')}" for name in config_flags(args) if name not in RESUME_OVERRIDES]
+        if fixed or args.out is not None:
+            raise ValueError(
+                f"--resume continues {args.resume} with its saved config; only --iterations, --time-limit and --device"
+                f" can change there (given: {', '.join(fixed + (['--out'] if args.out is not None else []))})"
+            )
         state = checkpoint.load(args.resume / CHECKPOINT)
-        config = TrainConfig.from_dict(
-            {**state["config"], **({"iterations": args.iterations} if args.iterations else {})}
-        )
+        overrides = {name: getattr(args, name) for name in RESUME_OVERRIDES if getattr(args, name) is not None}
+        config = TrainConfig.from_dict({**state["config"], **overrides})
         run_dir = args.resume
     else:
         config = resolve(args)

@@ -150,6 +150,32 @@ def test_resume_equals_an_uninterrupted_run(tmp_path: Path) -> None:
     assert (resumed / "checkpoint_00003.pt").is_file()
 
 
+def test_time_limit_counts_the_run_over_its_resumed_sessions(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    assert train(run, iterations=2) == 0
+    state = checkpoint.load(run / CHECKPOINT)
+    assert state["elapsed_s"] == pytest.approx(sum(float(r["time/iteration"]) for r in metric_rows(run)))
+    # Say the run has trained for 10 minutes: a 10-minute limit is spent, so resuming trains nothing more
+    # (each session used to get the whole limit again); a longer limit given at resume extends it.
+    checkpoint.save(run / CHECKPOINT, {**state, "elapsed_s": 600.0})
+
+    def resume(iterations: int, minutes: float) -> int:
+        args = ["--resume", str(run), "--iterations", str(iterations), "--time-limit", str(minutes), "--no-progress"]
+        return int(meta_train.main(args))
+
+    assert resume(3, 10) == 0
+    assert checkpoint.load(run / CHECKPOINT)["iteration"] == 2
+    assert resume(3, 11) == 0
+    after = checkpoint.load(run / CHECKPOINT)
+    assert after["iteration"] == 3 and after["config"]["time_limit"] == 11
+    assert after["elapsed_s"] == pytest.approx(600.0 + float(metric_rows(run)[-1]["time/iteration"]))
+    # A checkpoint from before elapsed_s was saved: its iterations' times in metrics.csv.
+    checkpoint.save(run / CHECKPOINT, {k: v for k, v in after.items() if k != "elapsed_s"})
+    assert resume(4, 11) == 0
+    spent = sum(float(r["time/iteration"]) for r in metric_rows(run))
+    assert checkpoint.load(run / CHECKPOINT)["elapsed_s"] == pytest.approx(spent)
+
+
 def test_checkpoint_save_is_atomic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = tmp_path / "ckpt" / "checkpoint.pt"
     checkpoint.save(path, {"iteration": 1, "x": torch.arange(3)})
@@ -264,6 +290,19 @@ def test_out_on_an_existing_run_overwrites_nothing(tmp_path: Path, capsys: pytes
     assert train(run, iterations=1, seed=5) == 2
     assert_one_line_error(capsys, "already holds a run", "--resume")
     assert snapshot(run) == before
+
+
+def test_resume_refuses_to_change_the_runs_settings(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A resumed run keeps its config: a flag that would change it (silently ignored before) is an error."""
+    run = tmp_path / "run"
+    assert train(run, iterations=1) == 0
+    before = snapshot(run)
+    capsys.readouterr()
+    assert meta_train.main(["--resume", str(run), "--max-kl", "0.1", "--env", "point_nav", "--no-progress"]) == 2
+    assert_one_line_error(capsys, "given: --env, --max-kl", "only --iterations, --time-limit and --device")
+    assert meta_train.main(["--resume", str(run), "--out", str(tmp_path / "other"), "--no-progress"]) == 2
+    assert_one_line_error(capsys, "given: --out")
+    assert snapshot(run) == before and not (tmp_path / "other").exists()
 
 
 def tiny_trainer(env: str, run_dir: Path, hidden_sizes: tuple[int, ...] = (8,)) -> MetaTrainer:
