@@ -227,7 +227,7 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type, skip: tuple[str, .
     for field in dataclasses.fields(cls):
         if field.name in skip or dataclasses.is_dataclass(hints[field.name]):
             continue
-        flag = "--" + field.name.replace("_", "-")
+        flag = flag_name(field.name)
         default = getattr(defaults, field.name)
         text = f"{docs.get(field.name, '')} (default: {default})"
         hint = hints[field.name]
@@ -239,6 +239,18 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type, skip: tuple[str, .
             parser.add_argument(flag, type=hint, default=None, help=text, metavar=hint.__name__.upper())
 
 
+def flag_name(field: str) -> str:
+    """``max_kl`` -> ``--max-kl``: the command-line flag of a config field."""
+    return "--" + field.replace("_", "-")
+
+
+def given_settings(args: argparse.Namespace) -> list[str]:
+    """The config fields (of ``TrainConfig`` and ``MAMLConfig``) whose flags ``args`` gives."""
+    fields = {f.name for f in dataclasses.fields(TrainConfig)} - {"maml"}
+    fields |= {f.name for f in dataclasses.fields(MAMLConfig)}
+    return [name for name, value in vars(args).items() if name in fields and value is not None]
+
+
 def resolve(args: argparse.Namespace) -> TrainConfig:
     """Defaults, then the family's preset, then the flags given; ValueError on a bad value."""
     values: dict[str, Any] = {}
@@ -247,12 +259,10 @@ def resolve(args: argparse.Namespace) -> TrainConfig:
     values.update(preset(env)[1])
     maml.update(values.pop("maml", {}))
     maml_fields = {f.name for f in dataclasses.fields(MAMLConfig)}
-    train_fields = {f.name for f in dataclasses.fields(TrainConfig)} - {"maml"}
-    for name, value in vars(args).items():
-        if value is None:
-            continue
+    for name in given_settings(args):
+        value = getattr(args, name)
         if name in maml_fields:
             maml[name] = value
-        elif name in train_fields:
+        else:
             values[name] = tuple(value) if name == "hidden_sizes" else value
     return TrainConfig(**values, maml=MAMLConfig(**maml))

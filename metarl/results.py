@@ -38,7 +38,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from metarl.config import TrainConfig, preset
+from metarl.config import TrainConfig, flag_name, preset
 from metarl.evaluation import BEST_SELECTION, adaptation_budget, mean_and_ci, training_cost
 from metarl.training import CHECKPOINT
 
@@ -273,7 +273,7 @@ def changed_flags(config: dict[str, Any]) -> list[tuple[str, str, list[str]]]:
         value = getattr(ours, field.name)
         if value == getattr(theirs, field.name):
             continue
-        flag = "--" + field.name.replace("_", "-")
+        flag = flag_name(field.name)
         if isinstance(value, bool):
             out.append((field.name, flag if value else "--no-" + flag[2:], []))
         else:

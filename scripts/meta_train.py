@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
 import signal
 import sys
 from collections.abc import Iterator
@@ -21,7 +20,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from metarl import checkpoint  # noqa: E402
-from metarl.config import MAMLConfig, TrainConfig, add_arguments, preset, resolve  # noqa: E402
+from metarl.config import MAMLConfig, TrainConfig, add_arguments, flag_name, given_settings, preset, resolve  # noqa: E402
 from metarl.training import CHECKPOINT, MetaTrainer, TrainingDiverged, run_name  # noqa: E402
 from scripts.runs import build_trainer  # noqa: E402
 
@@ -43,24 +42,20 @@ def parser() -> argparse.ArgumentParser:
 
 
 RESUME_OVERRIDES = ("iterations", "time_limit", "device")
-"""The settings ``--resume`` may change (to extend a run); the others are the run's own."""
-
-
-def config_flags(args: argparse.Namespace) -> list[str]:
-    """The config fields whose flags ``args`` gives."""
-    fields = {f.name for f in dataclasses.fields(TrainConfig)} | {f.name for f in dataclasses.fields(MAMLConfig)}
-    return [name for name, value in vars(args).items() if name in fields and value is not None]
+"""The settings ``--resume`` may change (to extend or move a run); the others are the run's own."""
 
 
 def build(args: argparse.Namespace) -> MetaTrainer:
     """Resolve the config, the family, the policy and the run directory (ValueError on bad input)."""
     state = None
     if args.resume is not None:
-        fixed = [f"--{name.replace('_', '-')}" for name in config_flags(args) if name not in RESUME_OVERRIDES]
-        if fixed or args.out is not None:
+        fixed = [flag_name(name) for name in given_settings(args) if name not in RESUME_OVERRIDES]
+        fixed += ["--out"] if args.out is not None else []
+        if fixed:
+            *first, last = map(flag_name, RESUME_OVERRIDES)
             raise ValueError(
-                f"--resume continues {args.resume} with its saved config; only --iterations, --time-limit and --device"
-                f" can change there (given: {', '.join(fixed + (['--out'] if args.out is not None else []))})"
+                f"--resume continues {args.resume} with its saved config; only {', '.join(first)} and {last}"
+                f" can change there (given: {', '.join(fixed)})"
             )
         state = checkpoint.load(args.resume / CHECKPOINT)
         overrides = {name: getattr(args, name) for name in RESUME_OVERRIDES if getattr(args, name) is not None}
