@@ -230,8 +230,8 @@ class MAMLTRPO:
 
         tic = time.perf_counter()
         fvp = self._fisher_vector_product(pre, post, memory, names, inner_steps, pre_advantages)
-        direction = conjugate_gradient(fvp, gradient, cfg.cg_iterations)
-        shs = 0.5 * torch.dot(direction, fvp(direction))
+        direction, fisher_direction = conjugate_gradient(fvp, gradient, cfg.cg_iterations)
+        shs = 0.5 * torch.dot(direction, fisher_direction)
         step_vector = direction / torch.sqrt(shs.clamp_min(1e-12) / max_kl)
         timings["seconds/conjugate_gradient"] = time.perf_counter() - tic
 

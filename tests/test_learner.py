@@ -374,13 +374,27 @@ def random_spd(n: int, seed: int) -> Tensor:
 def test_conjugate_gradient_solves_an_spd_system() -> None:
     a = random_spd(10, seed=0)
     b = torch.randn(10, generator=torch.Generator().manual_seed(1), dtype=DTYPE)
-    x = conjugate_gradient(lambda v: a @ v, b, iterations=100, tol=1e-28)
+    x, _ = conjugate_gradient(lambda v: a @ v, b, iterations=100, tol=1e-28)
     torch.testing.assert_close(x, torch.linalg.solve(a, b), rtol=1e-8, atol=1e-10)
     # n iterations solve an n x n system (up to rounding); fewer leave a residual.
     torch.testing.assert_close(
-        conjugate_gradient(lambda v: a @ v, b, iterations=10), torch.linalg.solve(a, b), rtol=1e-6, atol=1e-8
+        conjugate_gradient(lambda v: a @ v, b, iterations=10)[0], torch.linalg.solve(a, b), rtol=1e-6, atol=1e-8
     )
-    assert float((a @ conjugate_gradient(lambda v: a @ v, b, iterations=3) - b).norm()) > 1e-3
+    assert float((a @ conjugate_gradient(lambda v: a @ v, b, iterations=3)[0] - b).norm()) > 1e-3
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_conjugate_gradient_returns_the_product_of_its_solution(dtype: torch.dtype) -> None:
+    # TRPO's step size x^T A x comes from this product instead of another matvec; it must be A x
+    # for the x returned, also before convergence (3 of 10 iterations) and in float32.
+    a = random_spd(10, seed=3).to(dtype)
+    b = torch.randn(10, generator=torch.Generator().manual_seed(4), dtype=DTYPE).to(dtype)
+    for iterations in (1, 3, 10):
+        x, ax = conjugate_gradient(lambda v: a @ v, b, iterations=iterations)
+        tol = 1e-12 if dtype == torch.float64 else 1e-5
+        torch.testing.assert_close(ax, a @ x, rtol=tol, atol=tol * float(b.norm()))
+        if iterations < 10:
+            assert float((ax - b).norm()) > 1e-3  # not converged: A x is not b
 
 
 def test_conjugate_gradient_stops_early_on_tol() -> None:
@@ -393,13 +407,13 @@ def test_conjugate_gradient_stops_early_on_tol() -> None:
         calls.append(1)
         return a @ v
 
-    x = conjugate_gradient(matvec, b, iterations=10, tol=1e-20)
+    x, _ = conjugate_gradient(matvec, b, iterations=10, tol=1e-20)
     assert len(calls) == 3
     torch.testing.assert_close(x, b / torch.diagonal(a), rtol=1e-12, atol=1e-12)
     # A right-hand side already within tol: no product at all, x = 0.
     calls.clear()
     assert torch.equal(
-        conjugate_gradient(matvec, torch.full((10,), 1e-6, dtype=DTYPE), iterations=10, tol=1e-10),
+        conjugate_gradient(matvec, torch.full((10,), 1e-6, dtype=DTYPE), iterations=10, tol=1e-10)[0],
         torch.zeros(10, dtype=DTYPE),
     )
     assert calls == []
