@@ -92,6 +92,7 @@ class MAMLTRPO:
         memory: Memory | None = None,
         num_steps: int | None = None,
         advantages: Tensor | None = None,
+        lr: float | None = None,
     ) -> Params:
         """Per-task fast parameters (leading ``num_tasks`` axis) after the inner steps.
 
@@ -104,6 +105,7 @@ class MAMLTRPO:
             memory: context for the inner loss (attention policies).
             num_steps: inner steps (default: ``num_inner_steps``).
             advantages: :meth:`advantages` of ``episodes`` if already computed.
+            lr: the inner steps' size (default: ``inner_lr``).
         """
         params = self.policy.params() if params is None else params
         create_graph = (not self.config.first_order) if create_graph is None else create_graph
@@ -112,7 +114,7 @@ class MAMLTRPO:
         pieces = []
         for tasks, part, part_memory, part_advantages in self._task_chunks(episodes, memory, advantages):
             fast = select_tasks(params, tasks) if per_task else expand_params(params, tasks.stop - tasks.start)
-            pieces.append(self._inner_steps(fast, part, part_memory, part_advantages, steps, create_graph))
+            pieces.append(self._inner_steps(fast, part, part_memory, part_advantages, steps, create_graph, lr=lr))
         return {k: torch.cat([p[k] for p in pieces]) for k in params}
 
     def task_chunk(self, num_tasks: int) -> int:
@@ -146,8 +148,9 @@ class MAMLTRPO:
         steps: int,
         create_graph: bool,
         trace: list[tuple[Params, Params]] | None = None,
+        lr: float | None = None,
     ) -> Params:
-        """``steps`` inner steps of one chunk of tasks from ``fast`` (per task).
+        """``steps`` inner steps of size ``lr`` (default ``inner_lr``) of one chunk of tasks from ``fast`` (per task).
 
         With ``trace`` (a list), each step appends its inputs (fresh aliases, so
         that a derivative with respect to them is the partial one of that step)
@@ -156,6 +159,7 @@ class MAMLTRPO:
         Fisher-vector product's ``J v`` needs (:meth:`_fisher_vector_product`).
         """
         names = [k for k in fast if k in self.adapted]
+        lr = self.config.inner_lr if lr is None else lr
         if advantages is None and steps > 0:
             advantages = self.advantages(episodes)
         for _ in range(steps):
@@ -170,7 +174,7 @@ class MAMLTRPO:
             gradient = dict(zip(wrt, grads, strict=True))
             if trace is not None:
                 trace.append((fast, gradient))
-            fast = {k: v - self.config.inner_lr * gradient[k] if k in names else v for k, v in fast.items()}
+            fast = {k: v - lr * gradient[k] if k in names else v for k, v in fast.items()}
         return fast
 
     # ------------------------------------------------------------ outer loop

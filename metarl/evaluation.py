@@ -157,6 +157,18 @@ def curve(per_task: np.ndarray, x: list[int]) -> dict[str, Any]:
     }
 
 
+LATER_LR_SCALE_HELP = (
+    "inner steps after the first take this times the run's inner lr (default 1: all alike; "
+    "the MAML paper's evaluation halves it, 0.5)"
+)
+
+
+def check_later_lr_scale(scale: float) -> None:
+    """ValueError unless ``scale`` (``--later-lr-scale``) is a finite number > 0."""
+    if not (math.isfinite(scale) and scale > 0):
+        raise ValueError(f"invalid --later-lr-scale {scale}: must be a finite number > 0")
+
+
 def adaptation_steps(
     family: Any,
     policy: Any,
@@ -167,12 +179,15 @@ def adaptation_steps(
     memory_size: int,
     seed: int,
     device: torch.device | str,
+    later_lr_scale: float = 1.0,
 ) -> Iterator[tuple[dict[str, torch.Tensor], Memory | None, Episodes]]:
     """The MAML test protocol: yields ``(params, memory, episodes)`` after 0..num_steps inner steps.
 
     Step k samples ``episodes_per_task`` episodes per task with the parameters
-    (and memory) of step k, then takes one inner gradient step on them; context
-    policies get the memory of those episodes. Every step samples with the same
+    (and memory) of step k, then takes one inner gradient step on them, of the
+    learner's ``inner_lr`` for the first and ``later_lr_scale`` times that for the
+    others (the MAML paper's evaluation halves it: Finn et al. 2017, appendix A.2);
+    context policies get the memory of those episodes. Every step samples with the same
     seeds (initial states and action noise): common random numbers, so results
     differ between steps only through the parameters and memory, not luck.
     """
@@ -185,7 +200,8 @@ def adaptation_steps(
         yield params, memory, episodes
         if step < num_steps:
             # on-policy: the inner loss sees the episodes with the memory they were sampled with
-            params = detached(learner.adapt(episodes, params, create_graph=False, memory=memory, num_steps=1))
+            lr = learner.config.inner_lr * (later_lr_scale if step else 1.0)
+            params = detached(learner.adapt(episodes, params, create_graph=False, memory=memory, num_steps=1, lr=lr))
             if policy.uses_context:
                 memory = build_memory(episodes, memory_size, generator)
 
@@ -201,11 +217,14 @@ def by_gradient_steps(
     seed: int,
     device: torch.device,
     progress: Any = None,
+    later_lr_scale: float = 1.0,
 ) -> np.ndarray:
     """Returns ``[num_steps + 1, num_tasks]``: mean return per task after 0..num_steps
     inner steps (:func:`adaptation_steps`)."""
     returns = []
-    steps = adaptation_steps(family, policy, learner, tasks, num_steps, episodes_per_task, memory_size, seed, device)
+    steps = adaptation_steps(
+        family, policy, learner, tasks, num_steps, episodes_per_task, memory_size, seed, device, later_lr_scale
+    )
     for step, (_, _, episodes) in enumerate(steps):
         returns.append(episodes.task_returns().cpu().numpy())
         if progress is not None:

@@ -148,9 +148,13 @@ def policy_name(config: dict[str, Any]) -> str:
 
 
 def run_name(report: dict[str, Any]) -> str:
-    """:func:`policy_name` of an evaluation report's run, and which checkpoint it evaluated where
-    that was not the last (``evaluate.py --checkpoint best`` or a numbered one)."""
+    """:func:`policy_name` of an evaluation report's run, its inner steps' sizes where they were not
+    all the run's (``evaluate.py --later-lr-scale``), and which checkpoint it evaluated where that was
+    not the last (``evaluate.py --checkpoint best`` or a numbered one)."""
     name = policy_name(report["config"])
+    scale = report.get("later_lr_scale", 1.0)
+    if scale != 1.0:
+        name = f"{name}, later-lr-scale {scale:g}"
     if report.get("checkpoint_selection") == BEST_SELECTION:
         return f"{name}, best checkpoint"
     checkpoint = report.get("checkpoint", CHECKPOINT)

@@ -206,6 +206,7 @@ def adapted_params(
     memory_size: int,
     seed: int,
     device: torch.device | str = "cpu",
+    later_lr_scale: float = 1.0,
 ) -> tuple[dict[str, Tensor], Memory | None]:
     """Parameters (and context memory) after ``num_steps`` inner steps on each task.
 
@@ -216,7 +217,9 @@ def adapted_params(
         else per-task parameters (leading axis ``len(tasks)``) and, for context
         policies, the memory of the last step's episodes (else None).
     """
-    steps = adaptation_steps(family, policy, learner, tasks, num_steps, episodes_per_task, memory_size, seed, device)
+    steps = adaptation_steps(
+        family, policy, learner, tasks, num_steps, episodes_per_task, memory_size, seed, device, later_lr_scale
+    )
     *_, (params, memory, _) = steps
     return params, memory
 

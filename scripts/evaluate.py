@@ -50,9 +50,11 @@ from metarl import checkpoint, plots, results  # noqa: E402
 from metarl.evaluation import (  # noqa: E402
     BEST_SELECTION,
     EPISODE_MODES,
+    LATER_LR_SCALE_HELP,
     adaptation_budget,
     by_episodes,
     by_gradient_steps,
+    check_later_lr_scale,
     curve,
     mean_over_repeats,
     training_cost,
@@ -73,6 +75,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=3, help="inner gradient steps of the first curve (default 3)")
     p.add_argument("--episodes", type=int, default=10, help="episodes of experience of the second curve (default 10)")
     p.add_argument("--episodes-per-task", type=int, help="episodes per inner step (default: the run's)")
+    p.add_argument(
+        "--later-lr-scale",
+        type=float,
+        default=1.0,
+        help=LATER_LR_SCALE_HELP,
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of the evaluation episodes")
     p.add_argument(
         "--repeats",
@@ -126,6 +134,7 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError("--steps and --episodes must be >= 0")
         if args.repeats < 1:
             raise ValueError(f"invalid --repeats {args.repeats}: must be >= 1")
+        check_later_lr_scale(args.later_lr_scale)
         if args.compare and args.plot is None:
             raise ValueError("--compare draws into --plot FILE: give one (e.g. --plot compare.png)")
         if args.run_dir is None and not args.compare:
@@ -162,6 +171,7 @@ def main(argv: list[str] | None = None) -> int:
             args.seed,
             trainer.device,
             progress=lambda m: print("  " + m, flush=True),
+            later_lr_scale=args.later_lr_scale,
         )
         modes = EPISODE_MODES if policy.uses_context else ("gradient",)
         episodes = {
@@ -189,6 +199,7 @@ def main(argv: list[str] | None = None) -> int:
         "split": args.split,
         "tasks": [t.to_dict() for t in tasks],
         "repeats": args.repeats,
+        "later_lr_scale": args.later_lr_scale,
         **adaptation_budget(per_step, family.horizon, config.maml.num_inner_steps),
         "meta_training": training_cost(args.run_dir, family.horizon, state["iteration"]),
         "by_gradient_steps": curve(mean_over_repeats(steps, args.repeats), list(range(args.steps + 1))),

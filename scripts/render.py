@@ -30,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import numpy as np  # noqa: E402
 
 from metarl import checkpoint, video  # noqa: E402
+from metarl.evaluation import LATER_LR_SCALE_HELP, check_later_lr_scale  # noqa: E402
 from metarl.params import detached  # noqa: E402
 from metarl.training import torch_threads  # noqa: E402
 from scripts.runs import load_run  # noqa: E402
@@ -47,6 +48,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="test", help="held-out tasks: test (default), ood or train")
     p.add_argument("--steps", type=int, default=1, help="inner gradient steps of the 'after' panel (default 1)")
     p.add_argument("--episodes-per-task", type=int, help="episodes per inner step (default: the run's)")
+    p.add_argument("--later-lr-scale", type=float, default=1.0, help=LATER_LR_SCALE_HELP)
     p.add_argument("--checkpoint", help="checkpoint file in the run directory (default: the last)")
     p.add_argument("--device", default="cpu", help="cpu (default), cuda or auto")
     p.add_argument("--out", type=Path, help="video file (default: RUN_DIR/videos/<split>_<task>_steps<K>.mp4)")
@@ -66,6 +68,7 @@ def check(args: argparse.Namespace) -> None:
     """ValueError for arguments out of range (before anything is loaded)."""
     if args.steps < 0:
         raise ValueError(f"--steps must be >= 0, got {args.steps}")
+    check_later_lr_scale(args.later_lr_scale)
     if args.width < 16 or args.height < 16:
         raise ValueError(f"--width and --height must be >= 16 pixels, got {args.width}x{args.height}")
     if args.fps is not None and args.fps <= 0:
@@ -130,7 +133,16 @@ def main(argv: list[str] | None = None) -> int:
         shared = detached(policy.params())
         per_task = args.episodes_per_task or config.episodes_per_task
         adapted, memory = video.adapted_params(
-            family, policy, trainer.learner, chosen, args.steps, per_task, config.memory_size, args.seed, device
+            family,
+            policy,
+            trainer.learner,
+            chosen,
+            args.steps,
+            per_task,
+            config.memory_size,
+            args.seed,
+            device,
+            args.later_lr_scale,
         )
         rows = []
         for n, task in enumerate(chosen):

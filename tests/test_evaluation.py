@@ -17,6 +17,7 @@ from metarl.config import MAMLConfig
 from metarl.episodes import Episodes
 from metarl.evaluation import (
     BEST_SELECTION,
+    adaptation_steps,
     by_episodes,
     by_gradient_steps,
     curve,
@@ -104,6 +105,28 @@ def test_episodes_gradient_mode_steps_on_the_meta_policys_episodes() -> None:
     np.testing.assert_allclose(returns, np.stack(expected), rtol=1e-6)
 
 
+def test_later_lr_scale_sets_the_size_of_the_steps_after_the_first() -> None:
+    """Step 1 at inner_lr, steps 2.. at inner_lr x later_lr_scale (the MAML paper's evaluation: 0.5)."""
+    family, policy, learner = _policy_and_learner(0.5)
+    tasks = family.test_tasks()[:3]
+    cpu = torch.device("cpu")
+    steps = list(adaptation_steps(family, policy, learner, tasks, 2, 2, 8, 4, cpu, later_lr_scale=0.5))
+    plain = list(adaptation_steps(family, policy, learner, tasks, 2, 2, 8, 4, cpu))
+    for (params, _, _), (same, _, _) in zip(steps[:2], plain[:2], strict=True):  # before and after the first step
+        assert all(torch.equal(params[k], same[k]) for k in params)
+    first, episodes = steps[1][0], steps[1][2]
+    expected = learner.adapt(episodes, first, create_graph=False, num_steps=1, lr=0.25)
+    other = steps[2][0]
+    for k in other:
+        torch.testing.assert_close(other[k], expected[k].detach(), rtol=0, atol=0)
+    assert max(float((other[k] - plain[2][0][k]).abs().max()) for k in other) > 1e-4
+    # adapt's lr is the inner step's size: lr=x equals a learner whose inner_lr is x
+    _, _, quarter = _policy_and_learner(0.25)
+    quarter.policy.load_state_dict(policy.state_dict())
+    via_config = quarter.adapt(episodes, first, create_graph=False, num_steps=1)
+    assert all(torch.equal(via_config[k], expected[k]) for k in expected)
+
+
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     run = tmp_path_factory.mktemp("runs") / "point"
@@ -139,6 +162,7 @@ def test_evaluate_writes_consistent_json(tiny_run: Path, tmp_path: Path) -> None
     report = json.loads(out.read_text())
     assert report["iteration"] == 1 and report["split"] == "test" and len(report["tasks"]) == 40
     assert (report["checkpoint"], report["checkpoint_selection"]) == ("checkpoint.pt", "last")
+    assert report["later_lr_scale"] == 1.0  # every inner step at the run's inner lr unless asked
     steps = report["by_gradient_steps"]
     assert steps["x"] == [0, 1] and np.asarray(steps["per_task"]).shape == (2, 40)
     np.testing.assert_allclose(steps["mean"], np.mean(steps["per_task"], axis=1))
@@ -196,6 +220,21 @@ def test_evaluate_best_checkpoint_is_recorded_and_gets_its_own_row(tiny_run: Pat
     assert results.run_name(report) == f"{results.policy_name(report['config'])}, best checkpoint"
 
 
+def test_evaluate_later_lr_scale_is_recorded_and_gets_its_own_row(tiny_run: Path, tmp_path: Path) -> None:
+    argv = [str(tiny_run), "--steps", "2", "--episodes", "0", "--episodes-per-task", "1"]
+    reports = []
+    for name, extra in (("plain", []), ("half", ["--later-lr-scale", "0.5"])):
+        assert evaluate.main([*argv, *extra, "--json", str(tmp_path / f"{name}.json")]) == 0
+        reports.append(json.loads((tmp_path / f"{name}.json").read_text()))
+    plain, half = reports
+    assert (plain["later_lr_scale"], half["later_lr_scale"]) == (1.0, 0.5)
+    steps = [np.asarray(r["by_gradient_steps"]["per_task"]) for r in reports]
+    np.testing.assert_array_equal(steps[0][:2], steps[1][:2])  # the first step is the run's inner lr either way
+    assert np.abs(steps[0][2] - steps[1][2]).max() > 0
+    assert results.run_name(plain) == results.policy_name(plain["config"])
+    assert results.run_name(half) == f"{results.policy_name(half['config'])}, later-lr-scale 0.5"
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
@@ -205,6 +244,8 @@ def test_evaluate_best_checkpoint_is_recorded_and_gets_its_own_row(tiny_run: Pat
         (["{run}", "--checkpoint", "checkpoint_09999.pt"], "no checkpoint checkpoint_09999.pt"),
         (["{run}", "--steps", "-1"], "must be >= 0"),
         (["{run}", "--repeats", "0"], "invalid --repeats 0: must be >= 1"),
+        (["{run}", "--later-lr-scale", "0"], "invalid --later-lr-scale 0.0: must be a finite number > 0"),
+        (["{run}", "--later-lr-scale", "nan"], "invalid --later-lr-scale nan: must be a finite number > 0"),
     ],
 )
 def test_evaluate_bad_input(
