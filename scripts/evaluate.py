@@ -75,12 +75,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=3, help="inner gradient steps of the first curve (default 3)")
     p.add_argument("--episodes", type=int, default=10, help="episodes of experience of the second curve (default 10)")
     p.add_argument("--episodes-per-task", type=int, help="episodes per inner step (default: the run's)")
-    p.add_argument(
-        "--later-lr-scale",
-        type=float,
-        default=1.0,
-        help=LATER_LR_SCALE_HELP,
-    )
+    p.add_argument("--later-lr-scale", type=float, default=1.0, help=LATER_LR_SCALE_HELP)
     p.add_argument("--seed", type=int, default=0, help="seed of the evaluation episodes")
     p.add_argument(
         "--repeats",
