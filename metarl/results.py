@@ -334,7 +334,9 @@ def entries(report: dict[str, Any]) -> dict[tuple[str, str], Entry]:
             source,
         )
     }
-    if "context" in episodes:
+    # the context curve takes no gradient step: a report with the later steps rescaled would repeat
+    # the plain report's context row under another name
+    if "context" in episodes and report.get("later_lr_scale", 1.0) == 1.0:
         context = _values(None, episodes["context"])
         first = _point(episodes["context"], 1)
         if first is not None:

@@ -233,6 +233,12 @@ def test_evaluate_later_lr_scale_is_recorded_and_gets_its_own_row(tiny_run: Path
     assert np.abs(steps[0][2] - steps[1][2]).max() > 0
     assert results.run_name(plain) == results.policy_name(plain["config"])
     assert results.run_name(half) == f"{results.policy_name(half['config'])}, later-lr-scale 0.5"
+    context = {"x": [1, 2], "mean": [-2.0, -1.0], "ci95_low": [-3.0, -2.0], "ci95_high": [-1.0, 0.0]}
+    plain_rows, half_rows = (
+        results.entries({**results.complete(r, 100), "by_episodes": {"context": context}}) for r in reports
+    )
+    assert [kind for kind, _ in plain_rows] == ["maml", "context"]
+    assert [kind for kind, _ in half_rows] == ["maml"]  # its context row would repeat the plain one's
 
 
 @pytest.mark.parametrize(
