@@ -186,19 +186,23 @@ def _check(config: Any, checks: dict[str, tuple[bool, str]]) -> None:
             raise ValueError(f"invalid {name.replace('_', '-')}={getattr(config, name)!r}: {why}")
 
 
+LEARN2LEARN_STEP_SIZES = {"inner_lr": 0.0167, "max_kl": 0.06, "line_search_ratio": 0.5}
+"""learn2learn's maml_trpo.py step sizes (inner lr 0.1, max_kl 0.01, backtracking 0.5) in metarl's convention on
+HalfCheetah's 6 action dimensions: it averages log-probabilities and KLs over them, metarl sums."""
+
 PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
     "point_nav": ("pytorch-maml-rl configs/maml/2d-navigation.yaml", {"meta_batch_size": 20, "iterations": 100}),
     "half_cheetah_vel": (
         "pytorch-maml-rl configs/maml/halfcheetah-vel.yaml with learn2learn's step sizes converted as for "
         "half_cheetah_dir (inner lr 0.0167, max_kl 0.06, backtracking 0.5; gamma 0.99 stays): better than "
         "pytorch-maml-rl's own for the MLP (3 seeds) and the attention policy (docs/experiments.md)",
-        {"maml": {"inner_lr": 0.0167, "max_kl": 0.06, "line_search_ratio": 0.5}},
+        {"maml": LEARN2LEARN_STEP_SIZES},
     ),
     "half_cheetah_dir": (
         "learn2learn examples/rl/maml_trpo.py: gamma 0.95, backtracking 0.5, and its inner lr 0.1 and max_kl 0.01, "
         "which it applies to log-probabilities and KLs averaged over the 6 action dimensions, as 0.0167 and 0.06 "
         "on the sums metarl uses; 40 tasks x 20 episodes, 64x64 tanh as pytorch-maml-rl (docs/experiments.md)",
-        {"maml": {"gamma": 0.95, "inner_lr": 0.0167, "max_kl": 0.06, "line_search_ratio": 0.5}},
+        {"maml": {"gamma": 0.95, **LEARN2LEARN_STEP_SIZES}},
     ),
     "ant_dir": ("pytorch-maml-rl configs/maml/ant-dir.yaml", {}),
     "ant_goal": ("pytorch-maml-rl configs/maml/ant-goal.yaml", {}),
