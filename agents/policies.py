@@ -50,6 +50,11 @@ def diagonal_gaussian(mean: Tensor, log_std: Tensor) -> Independent:
     return Independent(Normal(mean, log_std.expand_as(mean).exp()), 1)
 
 
+def detached_gaussian(dist: Independent) -> Independent:
+    """A copy of a :func:`diagonal_gaussian` cut from the graph (the old policy of a trust region)."""
+    return Independent(Normal(dist.base_dist.loc.detach(), dist.base_dist.scale.detach()), 1)
+
+
 def task_view(x: Tensor, num_tasks: int) -> Tensor:
     """``[..., B, F] -> [..., num_tasks, B // num_tasks, F]``."""
     return x.reshape(*x.shape[:-2], num_tasks, x.shape[-2] // num_tasks, x.shape[-1])

@@ -496,7 +496,8 @@ def test_accepted_step_reports_its_kl_and_improvement(step_max_kl: float | None)
     with torch.enable_grad():
         new_fast = {k: v.detach() for k, v in learner.adapt(pre, leaf_params(policy), create_graph=False).items()}
     with torch.no_grad():
-        surrogate, new_dist = learner.surrogate(new_fast, post, old_log_prob, advantages, None)
+        new_dist = policy.episode_distribution(new_fast, post)
+        surrogate = learner.surrogate(new_dist, post, old_log_prob, advantages)
         kl = float(learner.mean_kl(old_dist, new_dist, post))
     assert 0.5 * bound < kl <= bound
     assert metrics["kl"] == pytest.approx(kl, rel=1e-9)
