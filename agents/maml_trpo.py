@@ -199,6 +199,7 @@ class MAMLTRPO:
         memory: Memory | None = None,
         inner_steps: int | None = None,
         max_kl: float | None = None,
+        fast: Params | None = None,
     ) -> dict[str, float]:
         """One TRPO step of the meta-parameters on the meta-objective.
 
@@ -209,6 +210,8 @@ class MAMLTRPO:
             inner_steps: inner steps between ``pre`` and ``post`` (default
                 ``num_inner_steps``; 0: ``post`` adapted through the context alone).
             max_kl: this step's trust region (default ``max_kl``; the trainer passes the anneal's).
+            fast: ``adapt(pre, num_steps=inner_steps)`` at the current parameters, with its graph,
+                where the caller has it (the trainer, which sampled ``post`` with it); else adapted here.
         Returns:
             Metrics: ``surrogate_before``, ``surrogate_improvement``, ``kl``,
             ``line_search_steps``, ``full_step_kl_ratio`` (the KL of the full step over
@@ -224,7 +227,8 @@ class MAMLTRPO:
         tic = time.perf_counter()
         advantages = self.advantages(post)
         pre_advantages = self.advantages(pre)
-        fast = self.adapt(pre, params, num_steps=inner_steps, advantages=pre_advantages)
+        if fast is None:
+            fast = self.adapt(pre, params, num_steps=inner_steps, advantages=pre_advantages)
         dist = self.policy.episode_distribution(fast, post, memory)
         old_dist = detached_gaussian(dist)
         old_log_prob = old_dist.log_prob(post.actions)

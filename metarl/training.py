@@ -4,9 +4,9 @@ One meta-iteration (each arrow one call)::
 
     family.sample_tasks(rng, meta_batch_size) -> family.batch(tasks, episodes_per_task)
       -> sample(sim, policy, params)                 pre-adaptation episodes
-      -> learner.adapt(pre)                          per-task fast parameters
+      -> learner.adapt(pre)                          per-task fast parameters, with their graph
       -> sample(sim, policy, fast, memory)           post-adaptation episodes
-      -> learner.step(pre, post, memory)             TRPO on the meta-objective
+      -> learner.step(pre, post, memory, fast)       TRPO on the meta-objective
       -> logger.log(metrics); checkpoint.save(...)
 
 Randomness comes from one ``numpy.random.Generator`` (tasks, simulator seeds)
@@ -25,7 +25,7 @@ import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -39,6 +39,26 @@ from metarl.params import detached
 from metarl.sampling import sample
 
 CHECKPOINT = "checkpoint.pt"
+
+
+class Collected(NamedTuple):
+    """One meta-iteration's data (:meth:`MetaTrainer.collect`).
+
+    Attributes:
+        pre: pre-adaptation episodes.
+        post: post-adaptation episodes, sampled with ``detached(fast)``.
+        memory: the post-adaptation episodes' context (attention policies), else None.
+        inner_steps: the inner steps taken (None: the configured number; 0: context-only adaptation).
+        stats: timings, env-steps and ``inner/step_norm``.
+        fast: the adapted parameters with the inner loop's graph, which ``learner.step`` differentiates.
+    """
+
+    pre: Episodes
+    post: Episodes
+    memory: Memory | None
+    inner_steps: int | None
+    stats: dict[str, float]
+    fast: dict[str, torch.Tensor]
 
 
 class TrainingDiverged(RuntimeError):
@@ -129,13 +149,13 @@ class MetaTrainer:
             self.elapsed = cost["wall_clock_s"] if cost else 0.0
 
     # ------------------------------------------------------------ one iteration
-    def collect(self) -> tuple[Episodes, Episodes, Memory | None, int | None, dict[str, float]]:
+    def collect(self) -> Collected:
         """Sample pre-adaptation episodes, adapt, sample post-adaptation episodes.
 
-        Returns the episodes, the post-adaptation memory, the inner steps taken
-        (None: the configured number; 0: context-only adaptation) and statistics:
-        timings, env-steps, and ``inner/step_norm``, the mean over tasks of the
-        distance ``||phi_n - theta||`` the inner loop moved the parameters.
+        The adaptation keeps its graph (second order unless ``first_order``), so that
+        the TRPO step's meta-gradient does not adapt again. ``inner/step_norm`` in the
+        statistics is the mean over tasks of the distance ``||phi_n - theta||`` the
+        inner loop moved the parameters.
         """
         cfg = self.config
         context_only = self.policy.uses_context and bool(self.rng.random() < cfg.context_fraction)
@@ -150,13 +170,13 @@ class MetaTrainer:
         tic = time.perf_counter()
         memory = build_memory(pre, cfg.memory_size, self.generator) if self.policy.uses_context else None
         steps = 0 if context_only else None
-        fast = detached(self.learner.adapt(pre, create_graph=False, num_steps=steps))
+        fast = self.learner.adapt(pre, num_steps=steps)
         inner = time.perf_counter() - tic
-        theta = self.policy.params()
-        moved = torch.stack([(fast[k] - theta[k].detach()).flatten(1).square().sum(1) for k in fast]).sum(0)
+        theta, acting = self.policy.params(), detached(fast)
+        moved = torch.stack([(acting[k] - theta[k].detach()).flatten(1).square().sum(1) for k in fast]).sum(0)
         tic = time.perf_counter()
         with torch_threads(1):
-            post = sample(sim, self.policy, fast, len(tasks), self.generator, memory=memory, device=self.device)
+            post = sample(sim, self.policy, acting, len(tasks), self.generator, memory=memory, device=self.device)
         sampling += time.perf_counter() - tic
         count = float(pre.mask.sum() + post.mask.sum())
         stats = {
@@ -166,16 +186,17 @@ class MetaTrainer:
             "speed/env_steps_per_s": count / sampling,
             "inner/step_norm": float(moved.sqrt().mean()),
         }
-        return pre, post, memory, steps, stats
+        return Collected(pre, post, memory, steps, stats, fast)
 
     def step(self) -> dict[str, float]:
         """One meta-iteration; returns its metrics."""
         tic = time.perf_counter()
-        pre, post, memory, steps, stats = self.collect()
+        pre, post, memory, steps, stats, fast = self.collect()
         std = float(self.policy.log_std.detach().exp().mean())  # the exploration noise of the sampled episodes
         outer = time.perf_counter()
         max_kl = self.config.maml.max_kl_at(self.iteration)
-        result = self.learner.step(pre, post, memory, inner_steps=steps, max_kl=max_kl)
+        result = self.learner.step(pre, post, memory, inner_steps=steps, max_kl=max_kl, fast=fast)
+        del fast  # the inner loop's graph
         stats["time/trpo"] = time.perf_counter() - outer
         pre_return, post_return = float(pre.task_returns().mean()), float(post.task_returns().mean())
         metrics = {

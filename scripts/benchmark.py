@@ -184,7 +184,7 @@ def fisher(run_dir: Path, name: str | None, subsamples: list[tuple[int, int]]) -
 
     trainer, state = load_run(run_dir, name, device="cpu")
     config, policy = trainer.config, trainer.policy
-    pre, post, memory, steps, _ = trainer.collect()
+    pre, post, memory, steps, *_ = trainer.collect()  # each step adapts again from the restored parameters
     max_kl = config.maml.max_kl_at(trainer.iteration)
     saved = {k: v.detach().clone() for k, v in policy.state_dict().items()}
     out: dict[str, Any] = {"run": str(run_dir), "iteration": int(state["iteration"]), "max_kl": max_kl, "rows": []}

@@ -205,6 +205,28 @@ def test_step_reports_the_meta_gradient(first_order: bool) -> None:
     assert metrics["surrogate_before"] == pytest.approx(0.0, abs=1e-12)  # advantages are normalised per task
 
 
+@pytest.mark.parametrize("kind", POLICY_KINDS)
+def test_step_with_the_callers_adapted_parameters_equals_adapting_in_the_step(kind: str) -> None:
+    """The trainer passes its ``adapt(pre)`` (with the graph) to ``step``: the same step as adapting there."""
+    problem = Problem(kind, inner_lr=0.1)
+    learner, policy = problem.learner, problem.policy
+    before = {k: v.detach().clone() for k, v in policy.state_dict().items()}
+    plain = learner.step(problem.pre, problem.post, problem.memory)
+    after = {k: v.detach().clone() for k, v in policy.state_dict().items()}
+    policy.load_state_dict(before)
+    fast = learner.adapt(problem.pre)
+    given = learner.step(problem.pre, problem.post, problem.memory, fast=fast)
+    assert plain["step_accepted"] == 1.0
+    for name in ("grad_norm", "surrogate_improvement", "kl", "line_search_steps"):
+        assert given[name] == pytest.approx(plain[name], rel=1e-12), name
+    for name, value in policy.state_dict().items():
+        torch.testing.assert_close(value, after[name], rtol=1e-12, atol=0)
+    # and the step really differentiates the given parameters: adapted on other data, another meta-gradient
+    policy.load_state_dict(before)
+    other = learner.step(problem.pre, problem.post, problem.memory, fast=learner.adapt(problem.post))
+    assert abs(other["grad_norm"] - plain["grad_norm"]) > 1e-6 * plain["grad_norm"]
+
+
 def test_relu_reaches_both_policies_from_the_config() -> None:
     """``--activation relu`` builds ReLU hidden layers (the MAML paper's policy); a bad name lists the valid ones."""
     for kind in POLICY_KINDS:
