@@ -196,7 +196,7 @@ class MetaTrainer:
         outer = time.perf_counter()
         max_kl = self.config.maml.max_kl_at(self.iteration)
         result = self.learner.step(pre, post, memory, inner_steps=steps, max_kl=max_kl, fast=fast)
-        del fast  # the inner loop's graph
+        del fast  # frees the inner loop's graph before the metrics
         stats["time/trpo"] = time.perf_counter() - outer
         pre_return, post_return = float(pre.task_returns().mean()), float(post.task_returns().mean())
         metrics = {
