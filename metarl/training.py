@@ -35,7 +35,7 @@ from metarl.config import TrainConfig
 from metarl.episodes import Episodes, Memory, build_memory
 from metarl.evaluation import training_cost
 from metarl.logger import MetricLogger
-from metarl.params import detached
+from metarl.params import Params, detached
 from metarl.sampling import sample
 
 CHECKPOINT = "checkpoint.pt"
@@ -58,7 +58,7 @@ class Collected(NamedTuple):
     memory: Memory | None
     inner_steps: int | None
     stats: dict[str, float]
-    fast: dict[str, torch.Tensor]
+    fast: Params
 
 
 class TrainingDiverged(RuntimeError):
