@@ -28,14 +28,18 @@ episodes per task on the batched simulator (seeded as ``evaluate.py --seed``).
 used, wall-clock and the hyperparameters after :func:`fit_to_budget`);
 ``training`` sums them. Models are saved (``model.zip``, plus
 ``vecnormalize.pkl`` where the observations are normalised), so reports and
-plots can be redrawn without training again (:meth:`Agent.load`).
+plots can be redrawn without training again (:meth:`Agent.load`), each with
+its entry of the report (``record.json``, written last): an interrupted run
+continues with the agents it saved (:class:`BaselineRun`).
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import functools
 import json
+import multiprocessing
 import pickle
 import time
 from collections.abc import Callable, Sequence
@@ -48,8 +52,10 @@ import torch
 from gymnasium.spaces import Box
 from gymnasium.wrappers import TimeLimit
 
+from metarl.checkpoint import write_json
 from metarl.config import TrainConfig, preset
 from metarl.evaluation import curve, training_cost
+from metarl.training import torch_threads
 
 ALGORITHMS = ("ppo", "sac")
 KINDS = ("scratch", "multitask", "oracle")
@@ -539,8 +545,9 @@ def resolve(
     )
 
 
-def plan(config: BaselineConfig, num_tasks: int) -> list[str]:
-    """Lines that say what each kind will train and about how long it takes (:data:`SPEED_ESTIMATE`)."""
+def plan(config: BaselineConfig, num_tasks: int, jobs: int = 1) -> list[str]:
+    """Lines that say what each kind will train and about how long it takes (:data:`SPEED_ESTIMATE`
+    per job; ``jobs`` agents at once where they are independent, one core each)."""
     speed = SPEED_ESTIMATE[config.algo, "point_nav" if config.env == "point_nav" else "mujoco"]
     lines = [f"adaptation budget: {config.adaptation_env_steps:,} env-steps per task ({config.adaptation_source})"]
     meta = (config.meta_training or {}).get("env_steps")
@@ -550,9 +557,15 @@ def plan(config: BaselineConfig, num_tasks: int) -> list[str]:
             f"multitask/oracle: {steps:,} env-steps, {100 * steps / meta:.3g}% of the {meta:,} "
             "meta-training used (--multitask-steps)"
         )
+    per_job = f"~{speed:.0f} env-steps/s" + (f" per job, {jobs} jobs" if jobs > 1 else "")
     for kind in config.kinds:
         steps = config.planned_env_steps(kind, num_tasks)
-        lines.append(f"{kind}: {steps:,} env-steps, about {steps / speed / 3600:,.1f} h at ~{speed:.0f} env-steps/s")
+        if kind == "scratch":
+            seconds = steps / speed / min(jobs, num_tasks * len(config.multipliers))
+        else:  # one agent on the distribution, then (multitask) the fine-tunes side by side
+            assert config.multitask_env_steps is not None
+            seconds = (config.multitask_env_steps + (steps - config.multitask_env_steps) / min(jobs, num_tasks)) / speed
+        lines.append(f"{kind}: {steps:,} env-steps, about {seconds / 3600:,.1f} h at {per_job}")
     return lines
 
 
@@ -561,8 +574,67 @@ def agent_seed(seed: int, kind: str, task: int, multiplier: int) -> int:
     return int(np.random.SeedSequence([seed, KINDS.index(kind), task + 1, multiplier]).generate_state(1)[0] >> 1)
 
 
+class AgentJob(NamedTuple):
+    """One agent of a baseline run: what it trains on, for how long, and where it is kept.
+
+    Attributes:
+        kind: the baseline it belongs to.
+        name: its directory under ``<out>/<kind>/`` (``x10/task_03``, ``pretrained``, ``agent``).
+        env: builds its training env (picklable: workers build it again).
+        env_steps: its budget.
+        seed: SB3's seed.
+        start: the model directory (relative to the run's output directory) it fine-tunes, or None.
+        task_index: the held-out task it trains on, or None (the training distribution).
+        multiplier: its budget in multiples of the adaptation budget (scratch, fine-tuning), or None.
+    """
+
+    kind: str
+    name: str
+    env: Callable[[], gym.Env]
+    env_steps: int
+    seed: int
+    start: str | None = None
+    task_index: int | None = None
+    multiplier: int | None = None
+
+    @property
+    def model(self) -> str:
+        """The model directory, relative to the run's output directory."""
+        return f"{self.kind}/{self.name}"
+
+
+RECORD = "record.json"
+"""An agent directory's record, written after its model: a directory with a record holds a complete agent."""
+
+
+def train_and_save(
+    algo: str, setting: Hyperparameters, job: AgentJob, out_dir: Path, identity: dict[str, Any]
+) -> dict[str, Any]:
+    """Train ``job``'s agent on one torch thread, save it under ``out_dir`` and then its record.
+
+    The record (:data:`RECORD`) is the report's entry for the agent: ``identity``
+    (what determines the agent, see :meth:`BaselineRun.identity`) with the
+    env-steps used and the wall-clock; written atomically, last, so an
+    interrupted run retrains only agents without one. A top-level function, so
+    worker processes can run it.
+    """
+    start = out_dir / job.start if job.start is not None else None
+    with torch_threads(1):  # SB3's small MLPs train fastest single-threaded; workers then share the cores
+        agent, record = train(algo, setting, job.env, job.env_steps, job.seed, start)
+    agent.save(out_dir / job.model)
+    record = {**identity, "env_steps": record["env_steps"], "wall_clock_s": record["wall_clock_s"]}
+    write_json(out_dir / job.model / RECORD, record)
+    return record
+
+
 class BaselineRun:
     """Trains and evaluates the baselines of ``config`` on ``tasks`` into ``out_dir``.
+
+    Every agent is saved with its record as soon as it is trained; running the
+    same command again after an interruption keeps the agents that have a
+    record matching what it would train (:meth:`reusable`) and trains the rest.
+    Independent agents (scratch, the fine-tunes) train in ``jobs`` worker
+    processes at once, each on one torch thread; the numbers do not depend on ``jobs``.
 
     Args:
         family: the family with the training split (its ``sample_tasks`` is the training distribution).
@@ -571,6 +643,7 @@ class BaselineRun:
         out_dir: where the models and reports go.
         command: the command line, recorded in every report.
         progress: called with a line of text after every agent.
+        jobs: agents trained at once, in worker processes when > 1.
     """
 
     def __init__(
@@ -581,90 +654,171 @@ class BaselineRun:
         out_dir: Path,
         command: str,
         progress: Callable[[str], None] = print,
+        jobs: int = 1,
     ) -> None:
+        if jobs < 1:
+            raise ValueError(f"invalid --jobs {jobs}: must be >= 1")
         self.family, self.tasks, self.config, self.out_dir = family, tasks, config, Path(out_dir)
-        self.command, self.progress = command, progress
+        self.command, self.progress, self.jobs = command, progress, jobs
         self.setting = hyperparameters(config.algo, config.env)
 
-    def _train(
-        self, kind: str, name: str, env: Callable[[], gym.Env], env_steps: int, seed: int, start: Path | None = None
-    ) -> tuple[Agent, dict[str, Any]]:
-        agent, record = train(self.config.algo, self.setting, env, env_steps, seed, start)
-        directory = self.out_dir / kind / name
-        agent.save(directory)
-        record = {"name": name, "model": str(directory.relative_to(self.out_dir)), "seed": seed, **record}
-        speed = record["env_steps"] / record["wall_clock_s"]
-        self.progress(
-            f"  {kind} {name}: {record['env_steps']:,} env-steps in {record['wall_clock_s']:.1f} s ({speed:.0f}/s)"
+    # ------------------------------------------------------------------ agents
+    def agent_jobs(self, kind: str) -> list[AgentJob]:
+        """Every agent ``kind`` trains, in the order of its report (multitask: the pretrained agent first)."""
+        cfg, family = self.config, self.family
+        if kind == "scratch":
+            return [
+                AgentJob(
+                    kind,
+                    f"x{multiplier}/task_{i:02d}",
+                    functools.partial(task_env, family, task),
+                    multiplier * cfg.adaptation_env_steps,
+                    agent_seed(cfg.seed, kind, i, multiplier),
+                    task_index=i,
+                    multiplier=multiplier,
+                )
+                for multiplier in cfg.multipliers
+                for i, task in enumerate(self.tasks)
+            ]
+        assert cfg.multitask_env_steps is not None
+        if kind == "oracle":
+            env = functools.partial(training_env, family, True)
+            return [AgentJob(kind, "agent", env, cfg.multitask_env_steps, agent_seed(cfg.seed, kind, -1, 0))]
+        pretrained = AgentJob(
+            kind,
+            "pretrained",
+            functools.partial(training_env, family),
+            cfg.multitask_env_steps,
+            agent_seed(cfg.seed, kind, -1, 0),
         )
-        return agent, record
+        fine_tunes = [
+            AgentJob(
+                kind,
+                f"task_{i:02d}",
+                functools.partial(task_env, family, task),
+                cfg.adaptation_env_steps,
+                agent_seed(cfg.seed, kind, i, 1),
+                start=pretrained.model,
+                task_index=i,
+                multiplier=1,
+            )
+            for i, task in enumerate(self.tasks)
+        ]
+        return [pretrained, *fine_tunes]
 
-    def _evaluate(self, agents: Sequence[Agent], observe_task: bool = False) -> np.ndarray:
+    def identity(self, job: AgentJob) -> dict[str, Any]:
+        """What determines ``job``'s agent: a saved agent whose record holds the same is reused."""
+        identity = {
+            "name": job.name,
+            "model": job.model,
+            "algo": self.config.algo,
+            "env": self.config.env,
+            "variant": self.config.variant,
+            "training_split": self.config.training_split,
+            "task": self.tasks[job.task_index].to_dict() if job.task_index is not None else None,
+            "start": job.start,
+            "seed": job.seed,
+            "budget": job.env_steps,
+            "hyperparameters": fit_to_budget(
+                self.config.algo, self.setting.values, job.env_steps, fine_tune=job.start is not None
+            ),
+        }
+        if job.task_index is not None:
+            identity.update(task_index=job.task_index, multiplier=job.multiplier)
+        return json.loads(json.dumps(identity))  # as read back from a record (tuples become lists)
+
+    def saved_record(self, job: AgentJob) -> dict[str, Any] | None:
+        """The record of ``job``'s agent if it is saved already, else None.
+
+        Raises:
+            ValueError: the saved record is unreadable, or differs from what this
+                run would train there (another seed, task, budget or setting).
+        """
+        path = self.out_dir / job.model / RECORD
+        if not path.is_file():
+            return None
+        try:
+            record = json.loads(path.read_text())
+        except (OSError, ValueError) as error:
+            raise ValueError(f"{path} is unreadable ({error}); remove that agent's directory") from None
+        differing = [k for k, v in self.identity(job).items() if record.get(k) != v]
+        if differing:
+            raise ValueError(
+                f"{path.parent} holds an agent trained with another {', '.join(differing)}; "
+                "use another --out or remove it"
+            )
+        return record
+
+    def reusable(self) -> int:
+        """How many agents of the configured kinds are saved already (:meth:`saved_record`: raises on a mismatch)."""
+        return sum(self.saved_record(job) is not None for kind in self.config.kinds for job in self.agent_jobs(kind))
+
+    def _train_all(self, jobs: list[AgentJob]) -> list[dict[str, Any]]:
+        """The records of ``jobs``' agents, training those not saved yet (in worker processes if ``jobs > 1``)."""
+        records: dict[int, dict[str, Any]] = {}
+        todo = []
+        for index, job in enumerate(jobs):
+            record = self.saved_record(job)
+            if record is None:
+                todo.append(index)
+            else:
+                records[index] = record
+                self.progress(f"  {job.kind} {job.name}: saved before, reused")
+
+        def done(index: int, record: dict[str, Any]) -> None:
+            records[index] = record
+            speed = record["env_steps"] / record["wall_clock_s"]
+            self.progress(
+                f"  {jobs[index].kind} {jobs[index].name}: {record['env_steps']:,} env-steps "
+                f"in {record['wall_clock_s']:.1f} s ({speed:.0f}/s)"
+            )
+
+        arguments = [(self.config.algo, self.setting, jobs[i], self.out_dir, self.identity(jobs[i])) for i in todo]
+        if self.jobs == 1 or len(todo) <= 1:
+            for index, args in zip(todo, arguments, strict=True):
+                done(index, train_and_save(*args))
+        else:
+            context = multiprocessing.get_context("spawn")  # no forked torch/OpenMP state
+            with concurrent.futures.ProcessPoolExecutor(min(self.jobs, len(todo)), mp_context=context) as pool:
+                futures = {
+                    pool.submit(train_and_save, *args): index for index, args in zip(todo, arguments, strict=True)
+                }
+                for future in concurrent.futures.as_completed(futures):
+                    done(futures[future], future.result())
+        return [records[i] for i in range(len(jobs))]
+
+    def _evaluate(self, records: Sequence[dict[str, Any]], observe_task: bool = False) -> np.ndarray:
         cfg = self.config
+        agents = [Agent.load(self.out_dir / r["model"], cfg.algo) for r in records]
         return evaluate(self.family, self.tasks, agents, cfg.eval_episodes, cfg.eval_seed, observe_task)
 
+    # ------------------------------------------------------------------ the kinds
     def scratch(self) -> tuple[np.ndarray, list[int], list[dict[str, Any]]]:
         """One agent per task and multiplier: returns ``[len(multipliers), num_tasks]``."""
-        cfg, returns, records = self.config, [], []
-        for multiplier in cfg.multipliers:
-            agents = []
-            for i, task in enumerate(self.tasks):
-                agent, record = self._train(
-                    "scratch",
-                    f"x{multiplier}/task_{i:02d}",
-                    functools.partial(task_env, self.family, task),
-                    multiplier * cfg.adaptation_env_steps,
-                    agent_seed(cfg.seed, "scratch", i, multiplier),
-                )
-                agents.append(agent)
-                records.append({**record, "task_index": i, "multiplier": multiplier})
-            returns.append(self._evaluate(agents))
+        cfg, returns = self.config, []
+        records = self._train_all(self.agent_jobs("scratch"))
+        for m, multiplier in enumerate(cfg.multipliers):
+            returns.append(self._evaluate(records[m * len(self.tasks) : (m + 1) * len(self.tasks)]))
             self.progress(f"scratch x{multiplier}: mean return {returns[-1].mean():.2f}")
         return np.stack(returns), list(cfg.multipliers), records
 
     def multitask(self) -> tuple[np.ndarray, list[int], list[dict[str, Any]]]:
         """Pretrain on the distribution, fine-tune per task: returns ``[2, num_tasks]`` (before, after)."""
-        cfg = self.config
-        assert cfg.multitask_env_steps is not None
-        pretrained, record = self._train(
-            "multitask",
-            "pretrained",
-            lambda: training_env(self.family),
-            cfg.multitask_env_steps,
-            agent_seed(cfg.seed, "multitask", -1, 0),
-        )
-        before = self._evaluate([pretrained])
+        pretrained, *fine_tunes = self.agent_jobs("multitask")
+        records = self._train_all([pretrained])
+        before = self._evaluate(records)
         self.progress(f"multitask before fine-tuning: mean return {before.mean():.2f}")
-        records, agents = [record], []
-        for i, task in enumerate(self.tasks):
-            agent, record = self._train(
-                "multitask",
-                f"task_{i:02d}",
-                functools.partial(task_env, self.family, task),
-                cfg.adaptation_env_steps,
-                agent_seed(cfg.seed, "multitask", i, 1),
-                start=self.out_dir / "multitask" / "pretrained",
-            )
-            agents.append(agent)
-            records.append({**record, "task_index": i, "multiplier": 1})
-        after = self._evaluate(agents)
+        tuned = self._train_all(fine_tunes)
+        after = self._evaluate(tuned)
         self.progress(f"multitask after fine-tuning: mean return {after.mean():.2f}")
-        return np.stack([before, after]), [0, 1], records
+        return np.stack([before, after]), [0, 1], records + tuned
 
     def oracle(self) -> tuple[np.ndarray, list[int], list[dict[str, Any]]]:
         """One agent that observes the task: returns ``[1, num_tasks]``."""
-        cfg = self.config
-        assert cfg.multitask_env_steps is not None
-        agent, record = self._train(
-            "oracle",
-            "agent",
-            lambda: training_env(self.family, observe_task=True),
-            cfg.multitask_env_steps,
-            agent_seed(cfg.seed, "oracle", -1, 0),
-        )
-        returns = self._evaluate([agent], observe_task=True)
+        records = self._train_all(self.agent_jobs("oracle"))
+        returns = self._evaluate(records, observe_task=True)
         self.progress(f"oracle: mean return {returns.mean():.2f}")
-        return returns[None], [0], [record]
+        return returns[None], [0], records
 
     def run(self, kind: str) -> dict[str, Any]:
         """Train and evaluate ``kind``; write and return its report (``out_dir/<kind>.json``)."""
@@ -690,5 +844,5 @@ class BaselineRun:
                 "wall_clock_s": sum(a["wall_clock_s"] for a in agents),
             },
         }
-        (self.out_dir / f"{kind}.json").write_text(json.dumps(report, indent=1))
+        write_json(self.out_dir / f"{kind}.json", report)
         return report

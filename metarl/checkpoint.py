@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import torch
 
@@ -14,13 +17,15 @@ class CheckpointError(ValueError):
     """A checkpoint is missing, unreadable, or belongs to another run."""
 
 
-def save(path: Path, state: dict[str, Any]) -> None:
-    """Write ``state`` to ``path`` via a temporary file in the same directory, fsync and rename."""
+@contextlib.contextmanager
+def atomic_file(path: Path) -> Iterator[IO[bytes]]:
+    """A binary file that replaces ``path`` only once the block has written it completely:
+    a temporary file in the same directory, flushed, fsynced and renamed; removed if the block fails."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -28,6 +33,18 @@ def save(path: Path, state: dict[str, Any]) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def save(path: Path, state: dict[str, Any]) -> None:
+    """Write ``state`` to ``path`` atomically (:func:`atomic_file`)."""
+    with atomic_file(path) as f:
+        torch.save(state, f)
+
+
+def write_json(path: Path, value: Any) -> None:
+    """Write ``value`` as indented JSON to ``path`` atomically (:func:`atomic_file`)."""
+    with atomic_file(path) as f:
+        f.write(json.dumps(value, indent=1).encode())
 
 
 def load(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:

@@ -13,7 +13,13 @@ task's parameters in the observation). Budgets come from --from-eval, else
 --run, else the family's preset; --adaptation-steps and --multitask-steps set
 them explicitly (recorded in the reports). multitask and oracle need
 meta-training's env-steps (--run, --from-eval or --multitask-steps). The plan
-and its estimated time are printed first (--plan: only that).
+and its estimated time are printed first (--plan: only that). --jobs N trains N
+independent agents (scratch, the fine-tunes) at once in worker processes, one
+torch thread each; the numbers are the same for every N.
+
+Every agent is saved, with a record.json beside its model, as soon as it is
+trained: after an interruption (Ctrl-C, a kill, a lost machine) the same
+command again reuses the saved agents and trains only the rest.
 
 Hyperparameters: rl-baselines3-zoo's for the robot (HalfCheetah, Ant, Hopper,
 Walker2d), SB3 defaults for point_nav; rollout sizes fitted to small budgets
@@ -29,6 +35,7 @@ evaluate.py's long CSV format (curve by_budget, mode = kind).
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 from pathlib import Path
@@ -59,6 +66,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of the agents (default 0)")
     p.add_argument("--out", type=Path, help="output directory (default results/<env>/<split>/<algo>__<seed>)")
     p.add_argument("--csv", type=Path, help="also write every number to this CSV file")
+    p.add_argument("--jobs", type=int, default=1, help="agents trained at once, one process and core each (default 1)")
     p.add_argument("--plan", action="store_true", help="print the plan and its estimated time, train nothing")
     return p
 
@@ -93,16 +101,20 @@ def main(argv: list[str] | None = None) -> int:
         done = [kind for kind in config.kinds if (out / f"{kind}.json").exists()]
         if done and not args.plan:
             raise ValueError(f"{out} already holds {', '.join(done)}.json; use another --out or remove them")
+        progress = functools.partial(print, flush=True)
+        run = BaselineRun(family, tasks, config, out, command, progress, jobs=args.jobs)
+        reused = run.reusable()
     except (ValueError, OSError) as error:
         print(f"baselines: error: {error}", file=sys.stderr)
         return 2
     setting = hyperparameters(config.algo, config.env)
     print(f"{out}: {config.algo} ({setting.source}) on {len(tasks)} {config.split} tasks of {config.env}")
-    print("\n".join("  " + line for line in plan(config, len(tasks))), flush=True)
+    print("\n".join("  " + line for line in plan(config, len(tasks), args.jobs)), flush=True)
+    if reused:
+        print(f"  {reused} agents saved in {out} by an interrupted run are reused, not trained again", flush=True)
     if args.plan:
         return 0
     out.mkdir(parents=True, exist_ok=True)
-    run = BaselineRun(family, tasks, config, out, command, progress=lambda m: print(m, flush=True))
     with torch_threads(1):
         reports = [run.run(kind) for kind in config.kinds]
     for r in reports:

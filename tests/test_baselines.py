@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -308,6 +309,45 @@ def test_an_existing_report_is_not_overwritten(baseline_dir: Path, capsys: pytes
     argv = ["--env", "point_nav", "--kinds", "scratch", "--out", str(baseline_dir)]
     assert baselines.main(argv) == 2
     assert "already holds scratch.json" in capsys.readouterr().err
+
+
+def test_parallel_jobs_give_the_same_reports(baseline_dir: Path, evaluated: Path, tmp_path: Path) -> None:
+    argv = ["--env", "point_nav", "--from-eval", str(evaluated), "--num-tasks", "2", "--multipliers", "1", "3"]
+    assert baselines.main([*argv, "--eval-episodes", "2", "--out", str(tmp_path), "--jobs", "2"]) == 0
+    for kind in KINDS:
+        parallel, serial = (json.loads((d / f"{kind}.json").read_text()) for d in (tmp_path, baseline_dir))
+        assert parallel["by_budget"] == serial["by_budget"]
+        strip = ("wall_clock_s",)
+        assert [{k: v for k, v in a.items() if k not in strip} for a in parallel["agents"]] == [
+            {k: v for k, v in a.items() if k not in strip} for a in serial["agents"]
+        ]
+        for agent in parallel["agents"]:  # the report's entry is the agent's own record
+            assert json.loads((tmp_path / agent["model"] / "record.json").read_text()) == agent
+
+
+def test_an_interrupted_run_resumes_with_its_saved_agents(
+    baseline_dir: Path, evaluated: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "out"
+    shutil.copytree(baseline_dir / "scratch", out / "scratch")
+    (out / "scratch" / "x3" / "task_01" / "record.json").unlink()  # killed while training (or saving) this one
+    argv = ["--env", "point_nav", "--from-eval", str(evaluated), "--num-tasks", "2", "--multipliers", "1", "3"]
+    argv += ["--eval-episodes", "2", "--kinds", "scratch", "--out", str(out)]
+    assert baselines.main(argv) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "  3 agents saved in" in "\n".join(lines)
+    assert sum("saved before, reused" in line for line in lines) == 3
+    assert [line.split(":")[0] for line in lines if "env-steps in" in line] == ["  scratch x3/task_01"]
+    resumed, whole = (json.loads((d / "scratch.json").read_text()) for d in (out, baseline_dir))
+    assert resumed["by_budget"] == whole["by_budget"]
+    # an agent of another seed (or task, budget, setting) is never taken for this run's
+    (out / "scratch.json").unlink()
+    assert baselines.main([*argv, "--seed", "1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "holds an agent trained with another seed" in err and len(err.splitlines()) == 1
+    (out / "scratch" / "x1" / "task_00" / "record.json").write_text("{not json")
+    assert baselines.main(argv) == 2
+    assert "record.json is unreadable" in capsys.readouterr().err
 
 
 # ------------------------------------------------------------------ results table and --compare
