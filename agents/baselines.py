@@ -35,12 +35,12 @@ continues with the agents it saved (:class:`BaselineRun`).
 
 from __future__ import annotations
 
-import concurrent.futures
 import dataclasses
 import functools
 import json
 import multiprocessing
 import pickle
+import signal
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -627,6 +627,16 @@ def train_and_save(
     return record
 
 
+IGNORE_INTERRUPTS = (signal.SIGINT, signal.SIG_IGN)
+"""``signal.signal`` arguments of the worker processes."""
+
+
+def _train_indexed(item: tuple[int, tuple[Any, ...]]) -> tuple[int, dict[str, Any]]:
+    """``(index, train_and_save(*arguments))`` for ``item = (index, arguments)``: a worker's task."""
+    index, arguments = item
+    return index, train_and_save(*arguments)
+
+
 class BaselineRun:
     """Trains and evaluates the baselines of ``config`` on ``tasks`` into ``out_dir``.
 
@@ -777,14 +787,12 @@ class BaselineRun:
         if self.jobs == 1 or len(todo) <= 1:
             for index, args in zip(todo, arguments, strict=True):
                 done(index, train_and_save(*args))
-        else:
-            context = multiprocessing.get_context("spawn")  # no forked torch/OpenMP state
-            with concurrent.futures.ProcessPoolExecutor(min(self.jobs, len(todo)), mp_context=context) as pool:
-                futures = {
-                    pool.submit(train_and_save, *args): index for index, args in zip(todo, arguments, strict=True)
-                }
-                for future in concurrent.futures.as_completed(futures):
-                    done(futures[future], future.result())
+        else:  # spawned workers (no forked torch/OpenMP state) that leave Ctrl-C to this process, which
+            # then terminates them on leaving the block: agents in training are lost, saved ones kept
+            context = multiprocessing.get_context("spawn")
+            with context.Pool(min(self.jobs, len(todo)), initializer=signal.signal, initargs=IGNORE_INTERRUPTS) as pool:
+                for index, record in pool.imap_unordered(_train_indexed, list(zip(todo, arguments, strict=True))):
+                    done(index, record)
         return [records[i] for i in range(len(jobs))]
 
     def _evaluate(self, records: Sequence[dict[str, Any]], observe_task: bool = False) -> np.ndarray:

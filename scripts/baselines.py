@@ -115,8 +115,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.plan:
         return 0
     out.mkdir(parents=True, exist_ok=True)
-    with torch_threads(1):
-        reports = [run.run(kind) for kind in config.kinds]
+    try:
+        with torch_threads(1):
+            reports = [run.run(kind) for kind in config.kinds]
+    except KeyboardInterrupt:
+        saved = run.reusable()
+        print(f"baselines: interrupted; {saved} agents saved in {out}: the same command continues", file=sys.stderr)
+        return 130
     for r in reports:
         c = r["by_budget"]
         print(f"{r['kind']}: " + ", ".join(f"x{k}: {m:.1f}" for k, m in zip(c["x"], c["mean"], strict=True)))

@@ -17,6 +17,7 @@ import pytest
 import torch
 
 import envs
+from agents import baselines as agents_baselines
 from agents.baselines import (
     KINDS,
     Agent,
@@ -345,6 +346,21 @@ def test_an_interrupted_run_resumes_with_its_saved_agents(
     assert baselines.main([*argv, "--seed", "1"]) == 2
     err = capsys.readouterr().err.strip()
     assert "holds an agent trained with another seed" in err and len(err.splitlines()) == 1
+    # Ctrl-C while an agent trains: exit 130 with one line, the agents saved before it kept
+    (out / "scratch" / "x3").rename(out / "x3 moved")
+    trained = agents_baselines.train_and_save
+
+    def interrupted(*args: Any) -> dict[str, Any]:
+        if args[2].name == "x3/task_01":
+            raise KeyboardInterrupt
+        return trained(*args)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(agents_baselines, "train_and_save", interrupted)
+        assert baselines.main(argv) == 130
+    err = capsys.readouterr().err.strip()
+    assert f"interrupted; 3 agents saved in {out}" in err and len(err.splitlines()) == 1
+    assert not (out / "scratch.json").exists()
     (out / "scratch" / "x1" / "task_00" / "record.json").write_text("{not json")
     assert baselines.main(argv) == 2
     assert "record.json is unreadable" in capsys.readouterr().err
