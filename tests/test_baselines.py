@@ -294,6 +294,7 @@ def test_scratch_budget_equals_the_recorded_adaptation_budget(evaluated: Path, b
         (["--env", "point_nav", "--run", "{tmp}"], "not a metarl run directory"),
         (["--env", "half_cheetah_vel", "--from-eval", "{eval}"], "is on point_nav, not on --env half_cheetah_vel"),
         (["--env", "point_nav", "--kinds", "scratch", "--split", "ood"], "point_nav has no ood tasks"),
+        (["--env", "point_nav", "--kinds", "scratch", "--jobs", "0"], "invalid --jobs 0: must be >= 1"),
     ],
 )
 def test_bad_input_exits_2_with_one_line(
