@@ -61,14 +61,15 @@ ALGORITHMS = ("ppo", "sac")
 KINDS = ("scratch", "multitask", "oracle")
 
 SPEED_ESTIMATE = {
-    ("ppo", "point_nav"): 1450.0,
-    ("ppo", "mujoco"): 650.0,
-    ("sac", "point_nav"): 100.0,
-    ("sac", "mujoco"): 110.0,
+    ("ppo", "point_nav"): (1450.0, 1450.0),
+    ("ppo", "mujoco"): (300.0, 650.0),
+    ("sac", "point_nav"): (100.0, 100.0),
+    ("sac", "mujoco"): (110.0, 110.0),
 }
-"""Env-steps per second of SB3 training with the settings below (MuJoCo: HalfCheetah),
-one torch thread on the 2-core CPU machine while a meta-training run used the other
-core; for the time estimates of :func:`plan`."""
+"""Env-steps per second of SB3 training with the settings below (MuJoCo: HalfCheetah), one
+torch thread per job on the 2-core CPU machines, as (slow, fast) machine: PPO on HalfCheetah
+ran at 570-650/s on the faster machines and 230-390/s on the slower ones (two jobs at once or
+beside a meta-training run); the other entries were measured once. For :func:`plan`'s range."""
 
 FLAGS = {"adaptation_env_steps": "--adaptation-steps", "multitask_env_steps": "--multitask-steps"}
 """Command-line names of the config fields whose flag is not the field's name."""
@@ -548,7 +549,7 @@ def resolve(
 def plan(config: BaselineConfig, num_tasks: int, jobs: int = 1) -> list[str]:
     """Lines that say what each kind will train and about how long it takes (:data:`SPEED_ESTIMATE`
     per job; ``jobs`` agents at once where they are independent, one core each)."""
-    speed = SPEED_ESTIMATE[config.algo, "point_nav" if config.env == "point_nav" else "mujoco"]
+    slow, fast = SPEED_ESTIMATE[config.algo, "point_nav" if config.env == "point_nav" else "mujoco"]
     lines = [f"adaptation budget: {config.adaptation_env_steps:,} env-steps per task ({config.adaptation_source})"]
     meta = (config.meta_training or {}).get("env_steps")
     steps = config.multitask_env_steps
@@ -557,15 +558,17 @@ def plan(config: BaselineConfig, num_tasks: int, jobs: int = 1) -> list[str]:
             f"multitask/oracle: {steps:,} env-steps, {100 * steps / meta:.3g}% of the {meta:,} "
             "meta-training used (--multitask-steps)"
         )
-    per_job = f"~{speed:.0f} env-steps/s" + (f" per job, {jobs} jobs" if jobs > 1 else "")
+    speeds = f"{fast:.0f}" if slow == fast else f"{slow:.0f}-{fast:.0f}"
+    per_job = f"{speeds} env-steps/s" + (f" per job, {jobs} jobs" if jobs > 1 else "")
     for kind in config.kinds:
         steps = config.planned_env_steps(kind, num_tasks)
         if kind == "scratch":
-            seconds = steps / speed / min(jobs, num_tasks * len(config.multipliers))
+            work = steps / min(jobs, num_tasks * len(config.multipliers))
         else:  # one agent on the distribution, then (multitask) the fine-tunes side by side
             assert config.multitask_env_steps is not None
-            seconds = (config.multitask_env_steps + (steps - config.multitask_env_steps) / min(jobs, num_tasks)) / speed
-        lines.append(f"{kind}: {steps:,} env-steps, about {seconds / 3600:,.1f} h at {per_job}")
+            work = config.multitask_env_steps + (steps - config.multitask_env_steps) / min(jobs, num_tasks)
+        hours = f"{work / fast / 3600:,.1f}" if slow == fast else f"{work / fast / 3600:,.1f}-{work / slow / 3600:,.1f}"
+        lines.append(f"{kind}: {steps:,} env-steps, about {hours} h at {per_job}")
     return lines
 
 

@@ -138,6 +138,19 @@ def test_budgets_resolve_from_preset_run_and_flags(tmp_path: Path) -> None:
         resolve("half_cheetah_vel", 200, run_dir=tmp_path)
 
 
+def test_plan_estimates_the_time_from_slow_to_fast_machines() -> None:
+    """5 tasks x (1 + 10 + 100) x 4,000 env-steps on 2 jobs: 1.11M env-steps per job, 0.5 h at
+    650/s and 1.0 h at 300/s; the multitask agent first, then its 5 fine-tunes 2 at a time."""
+    config = resolve("half_cheetah_vel", 200, adaptation_env_steps=4000, multitask_env_steps=600_000)
+    config = dataclasses.replace(config, multipliers=(1, 10, 100), kinds=("scratch", "multitask"))
+    assert agents_baselines.SPEED_ESTIMATE["ppo", "mujoco"] == (300.0, 650.0)
+    lines = agents_baselines.plan(config, num_tasks=5, jobs=2)
+    assert lines[1] == "scratch: 2,220,000 env-steps, about 0.5-1.0 h at 300-650 env-steps/s per job, 2 jobs"
+    assert lines[2] == "multitask: 620,000 env-steps, about 0.3-0.6 h at 300-650 env-steps/s per job, 2 jobs"
+    point_nav = dataclasses.replace(config, env="point_nav", kinds=("scratch",))
+    assert agents_baselines.plan(point_nav, num_tasks=5)[1].endswith("about 0.4 h at 1450 env-steps/s")
+
+
 # ------------------------------------------------------------------ agents
 @pytest.mark.parametrize(("name", "algo", "steps"), [("half_cheetah_vel", "ppo", 256), ("point_nav", "sac", 64)])
 def test_saved_agents_reload_and_act_the_same(
