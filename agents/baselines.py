@@ -558,8 +558,11 @@ def plan(config: BaselineConfig, num_tasks: int, jobs: int = 1) -> list[str]:
             f"multitask/oracle: {steps:,} env-steps, {100 * steps / meta:.3g}% of the {meta:,} "
             "meta-training used (--multitask-steps)"
         )
-    speeds = f"{fast:.0f}" if slow == fast else f"{slow:.0f}-{fast:.0f}"
-    per_job = f"{speeds} env-steps/s" + (f" per job, {jobs} jobs" if jobs > 1 else "")
+
+    def span(low: str, high: str) -> str:  # "650" or "300-650"
+        return high if low == high else f"{low}-{high}"
+
+    per_job = f"{span(f'{slow:.0f}', f'{fast:.0f}')} env-steps/s" + (f" per job, {jobs} jobs" if jobs > 1 else "")
     for kind in config.kinds:
         steps = config.planned_env_steps(kind, num_tasks)
         if kind == "scratch":
@@ -567,7 +570,7 @@ def plan(config: BaselineConfig, num_tasks: int, jobs: int = 1) -> list[str]:
         else:  # one agent on the distribution, then (multitask) the fine-tunes side by side
             assert config.multitask_env_steps is not None
             work = config.multitask_env_steps + (steps - config.multitask_env_steps) / min(jobs, num_tasks)
-        hours = f"{work / fast / 3600:,.1f}" if slow == fast else f"{work / fast / 3600:,.1f}-{work / slow / 3600:,.1f}"
+        hours = span(f"{work / fast / 3600:,.1f}", f"{work / slow / 3600:,.1f}")
         lines.append(f"{kind}: {steps:,} env-steps, about {hours} h at {per_job}")
     return lines
 
