@@ -64,12 +64,14 @@ SPEED_ESTIMATE = {
     ("ppo", "point_nav"): (1450.0, 1450.0),
     ("ppo", "mujoco"): (300.0, 650.0),
     ("sac", "point_nav"): (100.0, 100.0),
-    ("sac", "mujoco"): (110.0, 110.0),
+    ("sac", "mujoco"): (40.0, 110.0),
 }
 """Env-steps per second of SB3 training with the settings below (MuJoCo: HalfCheetah), one
 torch thread per job on the 2-core CPU machines, as (slow, fast) machine: PPO on HalfCheetah
 ran at 570-650/s on the faster machines and 230-390/s on the slower ones (two jobs at once or
-beside a meta-training run); the other entries were measured once. For :func:`plan`'s range."""
+beside a meta-training run); SAC on HalfCheetah (one gradient step per env-step) at 110/s once
+on a faster machine and 40-51/s on a slower one with two jobs at once (2026-12-04); the
+point_nav entries were measured once. For :func:`plan`'s range."""
 
 FLAGS = {"adaptation_env_steps": "--adaptation-steps", "multitask_env_steps": "--multitask-steps"}
 """Command-line names of the config fields whose flag is not the field's name."""

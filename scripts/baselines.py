@@ -25,7 +25,7 @@ Hyperparameters: rl-baselines3-zoo's for the robot (HalfCheetah, Ant, Hopper,
 Walker2d), SB3 defaults for point_nav; rollout sizes fitted to small budgets
 (agents.baselines.fit_to_budget). PPO is the default; SAC (--algo sac) is the
 usual practitioner's choice on the MuJoCo locomotion families, but trains about
-3-6x slower per env-step here (SPEED_ESTIMATE), so mind the printed estimate. Writes to --out (default
+6-8x slower per env-step here (SPEED_ESTIMATE), so mind the printed estimate. Writes to --out (default
 results/<env>/<split>/<algo>__<seed>/): <kind>.json (schema: agents.baselines; it
 records its own command, config and hyperparameters, so kinds run one at a time into
 one directory each keep theirs) and the models under <kind>/; --csv adds every number in
