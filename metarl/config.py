@@ -62,7 +62,7 @@ class MAMLConfig:
     """Episodes per task, the first ones, whose KL defines the Fisher-vector products (0: all).
     5 of 20 on all tasks predicted the step's KL within 1.7x, at the cost of 10 whole tasks, but 3
     seeds on half_cheetah_dir learned worse with it than with the default; 10 of 20 (on the default 10
-    tasks) halves the conjugate gradient's time, and 3 attention seeds on half_cheetah_vel ended 3.0
+    tasks) halves the conjugate gradient's time, and 3 attention seeds on half_cheetah_vel ended 3.7
     worse after one step (docs/experiments.md)."""
     fvp_curvature: str = "exact"
     """Trust-region curvature: exact (the KL Hessian through the inner loop) or adapted (the
