@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from agents.maml_trpo import MAMLTRPO
 from agents.policies import GaussianMLPPolicy, Policy
 from metarl.config import POLICIES, TrainConfig
@@ -9,13 +11,21 @@ from metarl.config import POLICIES, TrainConfig
 
 def make_policy(config: TrainConfig, obs_dim: int, act_dim: int) -> Policy:
     """The policy ``config.policy`` (``attention`` or ``mlp``) for the given sizes."""
+    init_log_std = math.log(config.init_std)
     if config.policy == "mlp":
-        return GaussianMLPPolicy(obs_dim, act_dim, hidden_sizes=config.hidden_sizes, activation=config.activation)
+        return GaussianMLPPolicy(
+            obs_dim, act_dim, hidden_sizes=config.hidden_sizes, activation=config.activation, init_log_std=init_log_std
+        )
     if config.policy == "attention":
         from agents.attention import AttentionPolicy
 
         return AttentionPolicy(
-            obs_dim, act_dim, hidden_sizes=config.hidden_sizes, window=config.window, activation=config.activation
+            obs_dim,
+            act_dim,
+            hidden_sizes=config.hidden_sizes,
+            window=config.window,
+            activation=config.activation,
+            init_log_std=init_log_std,
         )
     raise ValueError(f"unknown policy {config.policy!r}; valid policies: {', '.join(POLICIES)}")
 

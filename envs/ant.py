@@ -77,8 +77,8 @@ class AntDir(MujocoFamily):
     horizon = 200
     robot = ANT
 
-    def __init__(self, variant: str = "default", split: str = "train") -> None:
-        super().__init__(variant, split)
+    def __init__(self, variant: str = "default", split: str = "train", clip_actions: bool = False) -> None:
+        super().__init__(variant, split, clip_actions)
         self.task_type = Direction2DTask if variant == "2d" else DirectionTask  # type: ignore[misc]
         self.num_test_tasks = 40 if variant == "2d" else 2  # type: ignore[misc]
 

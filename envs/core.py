@@ -102,6 +102,12 @@ class TaskFamily(abc.ABC):
         split: ``"train"`` or ``"ood"``; with ``"ood"``, training tasks come from
             the reduced range of families whose ``ood`` set is inside the full
             training range.
+        clip_actions: its simulators and Gymnasium envs clip every action to
+            :attr:`action_bounds` before it acts, and the reward (a control cost)
+            sees the clipped action, as rllab's normalised envs (the MAML paper),
+            learn2learn and stable-baselines3 do; off, the action goes to the
+            physics as given (MuJoCo clamps the control) and the control cost sees
+            it unclipped, as Gymnasium and pytorch-maml-rl do.
     """
 
     name: ClassVar[str]
@@ -111,16 +117,18 @@ class TaskFamily(abc.ABC):
     has_ood: ClassVar[bool] = False
     num_test_tasks: ClassVar[int] = NUM_HELD_OUT
 
-    def __init__(self, variant: str = "default", split: str = "train") -> None:
+    def __init__(self, variant: str = "default", split: str = "train", clip_actions: bool = False) -> None:
         if variant not in self.variants:
             raise ValueError(f"unknown variant {variant!r} for {self.name}; valid variants: {', '.join(self.variants)}")
         if split not in SPLITS:
             raise ValueError(f"unknown split {split!r}; valid splits: {', '.join(SPLITS)}")
         self.variant = variant
         self.split = split
+        self.clip_actions = bool(clip_actions)
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(variant={self.variant!r}, split={self.split!r})"
+        clip = ", clip_actions=True" if self.clip_actions else ""
+        return f"{type(self).__name__}(variant={self.variant!r}, split={self.split!r}{clip})"
 
     # ----------------------------------------------------------------- tasks
     @abc.abstractmethod
@@ -180,6 +188,15 @@ class TaskFamily(abc.ABC):
     @abc.abstractmethod
     def action_dim(self) -> int:
         """Length of an action."""
+
+    @property
+    @abc.abstractmethod
+    def action_bounds(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(low, high)``, each ``[act_dim]``: the action space's bounds."""
+
+    def applied_action(self, action: np.ndarray) -> np.ndarray:
+        """The action as it acts: clipped to :attr:`action_bounds` with ``clip_actions``."""
+        return np.clip(action, *self.action_bounds) if self.clip_actions else action
 
     @abc.abstractmethod
     def reward_terms(self, params: dict[str, np.ndarray], step: Transition) -> dict[str, np.ndarray]:

@@ -157,6 +157,12 @@ class MujocoFamily(TaskFamily):
     def action_dim(self) -> int:
         return int(_load_model(self.robot.xml_path).nu)
 
+    @property
+    def action_bounds(self) -> tuple[np.ndarray, np.ndarray]:
+        """The actuators' control range, as Gymnasium's action space."""
+        low, high = _load_model(self.robot.xml_path).actuator_ctrlrange.T
+        return low.copy(), high.copy()
+
     def model_fields(self, task: Task) -> dict[str, np.ndarray]:
         """Model fields this task changes, as full arrays (dynamics families)."""
         return {}
@@ -318,7 +324,7 @@ class MujocoTaskEnv(MujocoEnv):
         return robot.observe(self.data.qpos[None], self.data.qvel[None], forces)[0]
 
     def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:  # type: ignore[override]
-        action = check_action(action, (self.family.action_dim,))
+        action = self.family.applied_action(check_action(action, (self.family.action_dim,)))
         before, diverged = self._position(), divergence_count(self.data)
         self.do_simulation(action, self.frame_skip)
         out = self.family.outcome(

@@ -43,6 +43,11 @@ class PointNav(TaskFamily):
     def action_dim(self) -> int:
         return 2
 
+    @property
+    def action_bounds(self) -> tuple[np.ndarray, np.ndarray]:
+        """``[-0.1, 0.1]^2``, where the dynamics clip the action anyway."""
+        return np.full(2, -MAX_STEP), np.full(2, MAX_STEP)
+
     def _draw(self, rng: np.random.Generator, n: int, which: str) -> list[Task]:
         return [PointGoalTask((float(x), float(y))) for x, y in rng.uniform(-0.5, 0.5, (n, 2))]
 
@@ -110,7 +115,7 @@ class PointNavEnv(gym.Env):
         return self._position.copy(), {"task": self.task.to_dict()}
 
     def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
-        action = check_action(action, (2,))
+        action = self.family.applied_action(check_action(action, (2,)))
         after, terms = self.family.move(self._position[None], action[None], self._params)
         self._position = after[0]
         terms_info = {k: float(v[0]) for k, v in terms.items()}

@@ -35,11 +35,11 @@ def names() -> list[str]:
     return list(FAMILIES)
 
 
-def make(name: str, variant: str = "default", split: str = "train") -> TaskFamily:
+def make(name: str, variant: str = "default", split: str = "train", clip_actions: bool = False) -> TaskFamily:
     """The family ``name``; a ValueError lists the valid names."""
     if name not in FAMILIES:
         raise ValueError(f"unknown env {name!r}; valid names: {', '.join(FAMILIES)}")
-    return FAMILIES[name](variant=variant, split=split)
+    return FAMILIES[name](variant=variant, split=split, clip_actions=clip_actions)
 
 
 def gym_id(name: str) -> str:

@@ -103,13 +103,14 @@ class BatchedSimulator(abc.ABC):
         """Advance every running slot by one environment step.
 
         Args:
-            actions: ``[B, act_dim]``, finite (rows of ended slots are ignored).
+            actions: ``[B, act_dim]``, finite (rows of ended slots are ignored);
+                clipped to the family's bounds if it has ``clip_actions``.
         """
         if not self._started:
             raise RuntimeError("call reset() before step()")
         if self._done.all():
             raise RuntimeError("every episode has ended; call reset() to start new ones")
-        actions = check_action(actions, (self.num_slots, self.action_dim))
+        actions = self.family.applied_action(check_action(actions, (self.num_slots, self.action_dim)))
         active = ~self._done
         ids = None if active.all() else np.flatnonzero(active)
         out = self._advance(actions, ids)

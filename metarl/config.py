@@ -12,6 +12,7 @@ import ast
 import dataclasses
 import inspect
 import json
+import math
 import typing
 from pathlib import Path
 from typing import Any
@@ -115,6 +116,11 @@ class TrainConfig:
     """Variant of the family (e.g. pearl for half_cheetah_vel, 2d for ant_dir)."""
     split: str = "train"
     """Training split: train, or ood for the reduced range of the params families."""
+    clip_actions: bool = False
+    """Clip the actions to the action space before they act, so that the control cost sees the
+    clipped action (rllab's normalised envs in the MAML paper, learn2learn, stable-baselines3); the
+    losses keep the policy's draw. Off: the unclipped action is charged, as in Gymnasium and
+    pytorch-maml-rl. Evaluation and videos of a run do as its training did."""
     policy: str = "attention"
     """Policy: attention (in-context adaptation) or mlp (the MAML paper's)."""
     iterations: int = 500
@@ -131,6 +137,8 @@ class TrainConfig:
     """Hidden layer widths of the policy's action head."""
     activation: str = "tanh"
     """Nonlinearity of those hidden layers: tanh (pytorch-maml-rl) or relu (the MAML paper, learn2learn)."""
+    init_std: float = 1.0
+    """Initial standard deviation of the policy's actions, every dimension (pytorch-maml-rl, learn2learn: 1)."""
     window: int = 8
     """Attention policy: transitions of the current episode in the causal window."""
     memory_size: int = 64
@@ -160,6 +168,7 @@ class TrainConfig:
                     "must be positive widths",
                 ),
                 "activation": (self.activation in ACTIVATIONS, f"must be one of {', '.join(ACTIVATIONS)}"),
+                "init_std": (math.isfinite(self.init_std) and self.init_std > 0, "must be a finite number > 0"),
                 "window": (self.window >= 1, "must be >= 1"),
                 "memory_size": (self.memory_size >= 1, "must be >= 1"),
                 "checkpoint_every": (self.checkpoint_every >= 1, "must be >= 1"),

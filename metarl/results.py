@@ -142,19 +142,23 @@ def policy_name(config: dict[str, Any]) -> str:
     from the defaults and the family's preset (``mlp, max-kl 0.06``), so that runs of different
     settings get different rows and only seeds are averaged."""
     settings = [
-        f"{flag[2:]} {' '.join(values)}" for name, flag, values in changed_flags(config) if name not in RUN_SETTINGS
+        " ".join([flag[2:], *values]) for name, flag, values in changed_flags(config) if name not in RUN_SETTINGS
     ]
     return ", ".join([config["policy"], *settings])
 
 
 def run_name(report: dict[str, Any]) -> str:
     """:func:`policy_name` of an evaluation report's run, its inner steps' sizes where they were not
-    all the run's (``evaluate.py --later-lr-scale``), and which checkpoint it evaluated where that was
-    not the last (``evaluate.py --checkpoint best`` or a numbered one)."""
+    all the run's (``evaluate.py --later-lr-scale``), its action clipping where that was not the run's
+    (``evaluate.py --[no-]clip-actions``), and which checkpoint it evaluated where that was not the
+    last (``evaluate.py --checkpoint best`` or a numbered one)."""
     name = policy_name(report["config"])
     scale = report.get("later_lr_scale", 1.0)
     if scale != 1.0:
         name = f"{name}, later-lr-scale {scale:g}"
+    clip = report.get("clip_actions", report["config"].get("clip_actions", False))
+    if clip != report["config"].get("clip_actions", False):
+        name = f"{name}, evaluated {'with' if clip else 'without'} clip-actions"
     if report.get("checkpoint_selection") == BEST_SELECTION:
         return f"{name}, best checkpoint"
     checkpoint = report.get("checkpoint", CHECKPOINT)

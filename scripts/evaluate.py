@@ -84,6 +84,12 @@ def parser() -> argparse.ArgumentParser:
         help="independent adaptation trials per task, averaged into its value (default 1; worth it "
         "where a split has few tasks, like half_cheetah_dir's two directions)",
     )
+    p.add_argument(
+        "--clip-actions",
+        action=argparse.BooleanOptionalAction,
+        help="clip the actions to the action space before they act, so that the control cost sees the clipped "
+        "action (default: as the run trained); the other choice scores a run in the other convention",
+    )
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--json", type=Path, help="write every number to this JSON file")
     p.add_argument("--csv", type=Path, help="write every number to this CSV file (long format, see above)")
@@ -145,6 +151,8 @@ def main(argv: list[str] | None = None) -> int:
         name = best_checkpoint(args.run_dir) if args.checkpoint == BEST else args.checkpoint
         trainer, state = load_run(args.run_dir, name, args.device)
         family, policy, learner, config = trainer.family, trainer.policy, trainer.learner, trainer.config
+        if args.clip_actions is not None:
+            family.clip_actions = args.clip_actions
         tasks = family.held_out_tasks(args.split)
     except (ValueError, checkpoint.CheckpointError) as error:
         print(f"evaluate: error: {error}", file=sys.stderr)
@@ -195,6 +203,7 @@ def main(argv: list[str] | None = None) -> int:
         "tasks": [t.to_dict() for t in tasks],
         "repeats": args.repeats,
         "later_lr_scale": args.later_lr_scale,
+        "clip_actions": family.clip_actions,
         **adaptation_budget(per_step, family.horizon, config.maml.num_inner_steps),
         "meta_training": training_cost(args.run_dir, family.horizon, state["iteration"]),
         "by_gradient_steps": curve(mean_over_repeats(steps, args.repeats), list(range(args.steps + 1))),

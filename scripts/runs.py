@@ -59,7 +59,7 @@ def best_checkpoint(run_dir: Path) -> str:
 
 def build_trainer(config: TrainConfig, run_dir: Path, device: str | None = None) -> MetaTrainer:
     """Family, policy and learner of ``config`` wrapped in a trainer writing to ``run_dir``."""
-    family = envs.make(config.env, variant=config.variant, split=config.split)
+    family = envs.make(config.env, variant=config.variant, split=config.split, clip_actions=config.clip_actions)
     where = resolve_device(device or config.device)
     torch.manual_seed(config.seed)
     policy = make_policy(config, family.observation_dim, family.action_dim).to(where)

@@ -134,6 +134,43 @@ def test_single_env_reward_and_velocity_match_the_spec(case: str) -> None:
 
 
 @pytest.mark.parametrize("case", CASES)
+def test_clip_actions_acts_and_charges_the_clipped_action(case: str) -> None:
+    """With ``clip_actions`` an action beyond the bounds steps (state and reward) exactly as its
+    clipped value does; without it the physics clamps the control alike, but MuJoCo families charge
+    the control cost on the action as given (point_nav's dynamics clip it anyway)."""
+    name, _, variant = case.partition(":")
+    plain, clipping = (envs.make(name, variant=variant or "default", clip_actions=c) for c in (False, True))
+    low, high = plain.action_bounds
+    assert low.shape == high.shape == (plain.action_dim,) and np.all(low < high)
+    tasks = plain.sample_tasks(np.random.default_rng(1), 2)
+    kinds = (("clip", clipping), ("bounded", plain), ("raw", plain))
+    sims = {kind: f.batch(tasks, 2, seed=0, nthread=1) for kind, f in kinds}
+    envs_ = {kind: f.make_env(tasks[0]) for kind, f in kinds}
+    for sim in sims.values():
+        sim.reset()
+    for env in envs_.values():
+        env.reset(seed=0)
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        action = 3.0 * random_actions(rng, plain, 4)
+        bounded = np.clip(action, low, high)
+        out = {kind: sims[kind].step(bounded if kind == "bounded" else action) for kind in sims}
+        single = {kind: envs_[kind].step(bounded[0] if kind == "bounded" else action[0]) for kind in envs_}
+        np.testing.assert_array_equal(out["clip"].obs, out["bounded"].obs)
+        np.testing.assert_array_equal(out["clip"].reward, out["bounded"].reward)
+        np.testing.assert_array_equal(out["raw"].obs, out["bounded"].obs)
+        np.testing.assert_array_equal(single["clip"][0], single["bounded"][0])
+        assert single["clip"][1] == single["bounded"][1]
+        beyond = np.any(bounded != action, axis=1) & out["clip"].info["active"]
+        if name == "point_nav":
+            np.testing.assert_array_equal(out["raw"].reward, out["clip"].reward)
+        else:  # the slots with a component beyond the bounds pay more for the raw action
+            assert np.all(out["raw"].reward[beyond] < out["clip"].reward[beyond])
+            np.testing.assert_array_equal(out["raw"].reward[~beyond], out["clip"].reward[~beyond])
+            assert (single["raw"][1] < single["clip"][1]) == bool(np.any(bounded[0] != action[0]))
+
+
+@pytest.mark.parametrize("case", CASES)
 def test_batch_reward_is_sum_of_info_terms(case: str) -> None:
     family = family_of(case)
     sim = family.batch(family.sample_tasks(np.random.default_rng(1), 2), episodes_per_task=2, seed=0, nthread=1)

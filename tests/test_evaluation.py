@@ -151,6 +151,43 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return run
 
 
+def test_a_run_with_clip_actions_evaluates_clipped_and_learns_from_the_draws(tmp_path: Path) -> None:
+    """A run's ``--clip-actions`` reaches the simulators of its evaluation (and videos, which share
+    the trainer's family) unless ``evaluate.py --no-clip-actions`` says otherwise; the episodes keep
+    the policy's draws for the losses, while their rewards are those of the clipped actions."""
+    run = tmp_path / "run"
+    args = ["--env", "half_cheetah_dir", "--policy", "mlp", "--hidden-sizes", "8", "--iterations", "1"]
+    sizes = ["--meta-batch-size", "2", "--episodes-per-task", "1", "--clip-actions", "--out", str(run)]
+    assert meta_train.main([*args, *sizes, "--no-progress"]) == 0
+    trainer, _ = load_run(run, device="cpu")
+    assert trainer.config.clip_actions and trainer.family.clip_actions
+    tasks = trainer.family.test_tasks()
+    params = detached(trainer.policy.params())
+    with torch_threads(1):
+        episodes = sample(trainer.family.batch(tasks, 2, seed=3), trainer.policy, params, 2, torch.Generator())
+    actions = episodes.actions.double().numpy()
+    assert np.abs(actions).max() > 1.0  # the draws, not their clipped values (the policy's std is about 1)
+    plain = envs.make("half_cheetah_dir").batch(tasks, 2, seed=3)
+    plain.reset()
+    low, high = trainer.family.action_bounds
+    replayed = np.stack([plain.step(np.clip(a, low, high)).reward for a in actions])
+    np.testing.assert_allclose(episodes.rewards.numpy(), replayed, rtol=1e-5, atol=1e-5)
+
+    # evaluate.py scores as the run trained, or in the other convention when asked (a row of its own)
+    argv = [str(run), "--steps", "1", "--episodes", "0", "--episodes-per-task", "1"]
+    reports = []
+    for name, extra in (("own", []), ("unclipped", ["--no-clip-actions"])):
+        assert evaluate.main([*argv, *extra, "--json", str(tmp_path / f"{name}.json")]) == 0
+        reports.append(json.loads((tmp_path / f"{name}.json").read_text()))
+    own, unclipped = reports
+    assert (own["clip_actions"], unclipped["clip_actions"]) == (True, False)
+    before = [np.asarray(r["by_gradient_steps"]["per_task"][0]) for r in reports]
+    assert np.all(before[1] < before[0])  # the same draws and physics; the draws beyond the bounds cost more
+    name = "mlp, clip-actions, meta-batch-size 2, episodes-per-task 1, hidden-sizes 8"
+    assert results.run_name(own) == results.policy_name(own["config"]) == name
+    assert results.run_name(unclipped) == f"{name}, evaluated without clip-actions"
+
+
 def test_evaluate_writes_consistent_json(tiny_run: Path, tmp_path: Path) -> None:
     out = tmp_path / "eval.json"
     assert (

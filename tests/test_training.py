@@ -238,6 +238,8 @@ def assert_one_line_error(capsys: pytest.CaptureFixture[str], *fragments: str) -
         (["--episodes-per-task", "0"], ["episodes-per-task"]),
         (["--max-kl-final", "0.01"], ["max-kl-anneal", "max-kl-final"]),
         (["--max-kl-anneal", "10"], ["max-kl-anneal", "10"]),
+        (["--init-std", "0"], ["init-std", "0", "> 0"]),
+        (["--init-std", "nan"], ["init-std", "nan"]),
     ],
     ids=[
         "unknown-env",
@@ -249,6 +251,8 @@ def assert_one_line_error(capsys: pytest.CaptureFixture[str], *fragments: str) -
         "zero-episodes",
         "anneal-target-without-length",
         "anneal-length-without-target",
+        "zero-init-std",
+        "nan-init-std",
     ],
 )
 def test_bad_arguments_exit_2_with_one_line(
@@ -476,6 +480,13 @@ def test_context_fraction_chooses_context_only_iterations(tmp_path: Path, fracti
     # the inner loop moves the parameters only where it takes a gradient step
     assert [float(r["inner/step_norm"]) > 0 for r in rows] == [fraction == 0.0] * 2
     assert float(rows[0]["policy/std"]) == pytest.approx(1.0)  # the initial log-std is 0
+
+
+@pytest.mark.parametrize("policy", ["mlp", "attention"])
+def test_init_std_sets_the_first_iterations_exploration_noise(tmp_path: Path, policy: str) -> None:
+    run = tmp_path / "run"
+    assert train(run, "--policy", policy, "--init-std", "0.25", iterations=1) == 0
+    assert float(metric_rows(run)[0]["policy/std"]) == pytest.approx(0.25)
 
 
 def test_context_only_step_adapts_nothing(tmp_path: Path) -> None:
