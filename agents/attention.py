@@ -58,7 +58,7 @@ import torch
 from torch import Tensor, nn
 from torch.distributions import Independent
 
-from agents.policies import Params, Policy, diagonal_gaussian, hidden_activation, linear, task_view
+from agents.policies import Params, Policy, batch_view, diagonal_gaussian, hidden_activation, linear, task_view
 from metarl.episodes import Episodes, Memory, transition_features
 
 CONTEXT_PARAMETER_PREFIXES = ("trans_embed", "key", "value", "query", "null_key", "null_value", "out")
@@ -190,7 +190,7 @@ class AttentionPolicy(Policy):
                     f"or {(num_tasks, *reference.shape)} (per task, for {num_tasks} tasks)"
                 )
 
-    # ------------------------------------------------------------------ building blocks (task-major views)
+    # ------------------------------------------------------------------ building blocks (task-major, [N, ..., S, .])
 
     def _linear(self, params: Params, name: str, x: Tensor) -> Tensor:
         return linear(x, params[f"{name}.weight"], params[f"{name}.bias"])
@@ -199,7 +199,7 @@ class AttentionPolicy(Policy):
         return x.unflatten(-1, (self.num_heads, self.head_dim))
 
     def _query(self, params: Params, obs: Tensor) -> tuple[Tensor, Tensor]:
-        """``obs [..., N, S, obs_dim] -> (h [..., N, S, E], q [..., N, S, H, d])``.
+        """``obs [N, ..., S, obs_dim] -> (h [N, ..., S, E], q [N, ..., S, H, d])``.
 
         ``q`` is already scaled by ``1 / sqrt(d)``, so every score ``q . k`` is the attention logit
         (scaling the queries is cheaper than scaling the ``[..., H, 1 + W + M]`` scores).
@@ -208,14 +208,15 @@ class AttentionPolicy(Policy):
         return h, self._split_heads(self._linear(params, "query", h)) * self.head_dim**-0.5
 
     def _keys_values(self, params: Params, transitions: Tensor) -> tuple[Tensor, Tensor]:
-        """``transitions [..., N, S, F] -> (keys, values)``, each ``[..., N, S, H, d]``."""
+        """``transitions [N, ..., S, F] -> (keys, values)``, each ``[N, ..., S, H, d]``."""
         e = torch.tanh(self._linear(params, "trans_embed", transitions))
         return self._split_heads(self._linear(params, "key", e)), self._split_heads(self._linear(params, "value", e))
 
-    def _null(self, params: Params, name: str) -> Tensor:
-        """Null key/value broadcastable against ``[..., N, S, H, d]``: ``[H, d]`` or per task ``[N, 1, H, d]``."""
+    def _null(self, params: Params, name: str, like: Tensor) -> Tensor:
+        """Null key/value broadcastable against ``like [N, ..., S, H, d]``: ``[H, d]``, or per task
+        ``[N, 1, ..., 1, H, d]``."""
         value = params[name]
-        return value if value.dim() == 2 else value.unsqueeze(-3)
+        return value if value.dim() == 2 else value.view(value.shape[0], *[1] * (like.dim() - 3), *value.shape[1:])
 
     def _memory(self, params: Params, memory: Memory | None, num_tasks: int) -> MemoryAttention | None:
         if memory is None:
@@ -240,25 +241,26 @@ class AttentionPolicy(Policy):
         window: tuple[Tensor, Tensor, WindowWeigher] | None,
         memory: MemoryAttention | None,
     ) -> Tensor:
-        """Task summary ``z [..., N, S, E]`` from scaled queries ``q [..., N, S, H, d]``.
+        """Task summary ``z [N, ..., S, E]`` from scaled queries ``q [N, ..., S, H, d]``.
 
         Args:
-            window: ``(scores [..., N, S, H, K], valid (bool, broadcastable to scores), weigher)``.
+            window: ``(scores [N, ..., S, H, K], valid (bool, broadcastable to scores), weigher)``.
             memory: keys/values ``[N, M, H, d]`` and mask ``[N, M]``.
         """
-        null_key, null_value = self._null(params, "null_key"), self._null(params, "null_value")
+        null_key, null_value = self._null(params, "null_key", q), self._null(params, "null_value", q)
         null_scores = (q * null_key).sum(-1, keepdim=True)  # the null entry, always valid
         parts: list[tuple[Tensor, WindowWeigher]] = []  # (masked scores, weigher of their values)
         if window is not None:
             window_scores, window_valid, weigh = window
             parts.append((window_scores.masked_fill(~window_valid, -math.inf), weigh))
         if memory is not None:
-            memory_scores = torch.einsum("...nshd,nmhd->...nshm", q, memory.keys)
+            memory_scores = torch.einsum("n...hd,nmhd->n...hm", q, memory.keys)
             values = memory.values
+            filled = memory.mask.view(memory.mask.shape[0], *[1] * (memory_scores.dim() - 2), -1)
             parts.append(
                 (
-                    memory_scores.masked_fill(~memory.mask[:, None, None, :], -math.inf),
-                    lambda weights: torch.einsum("...nshm,nmhd->...nshd", weights, values),
+                    memory_scores.masked_fill(~filled, -math.inf),
+                    lambda weights: torch.einsum("n...hm,nmhd->n...hd", weights, values),
                 )
             )
         # The softmax over the entries of all parts, without concatenating them: each part's
@@ -276,8 +278,8 @@ class AttentionPolicy(Policy):
         attended = attended / total
         return self._linear(params, "out", attended.flatten(-2))
 
-    def _distribution(self, params: Params, h: Tensor, z: Tensor, batch_shape: torch.Size) -> Independent:
-        """Action distribution from ``h, z [..., N, S, E]``, reshaped to ``batch_shape = [..., B]``."""
+    def _distribution(self, params: Params, h: Tensor, z: Tensor) -> Independent:
+        """Action distribution from ``h, z [N, ..., S, E]``, batch shape ``[..., B]`` (slots task-major)."""
         x = torch.cat([h, z], dim=-1)
         last = len(self.head) - 1
         for i in range(len(self.head)):
@@ -285,9 +287,9 @@ class AttentionPolicy(Policy):
             if i < last:
                 x = self.activation(x)
         log_std = params["log_std"]
-        if log_std.dim() == 2:  # per task [N, A] -> [..., B, A]
-            log_std = log_std.unsqueeze(-2).expand_as(x).reshape(*batch_shape, self.act_dim)
-        return diagonal_gaussian(x.reshape(*batch_shape, self.act_dim), log_std)
+        if log_std.dim() == 2:  # per task [N, A] -> [B, A], broadcast over the leading axes
+            log_std = log_std.repeat_interleave(x.shape[-2], dim=0)
+        return diagonal_gaussian(batch_view(x), log_std)
 
     # ------------------------------------------------------------------ batched (losses)
 
@@ -297,39 +299,39 @@ class AttentionPolicy(Policy):
         """Causal-window scores by blocks of ``W`` steps, each attending to itself and the block before.
 
         Args:
-            q, keys, values: ``[T, N, S, H, d]``; ``keys[t]`` is the key of transition ``t``.
-            valid: ``[T, N, S]`` bool mask of the transitions.
+            q, keys, values: ``[N, T, S, H, d]``; ``keys[:, t]`` is the key of transition ``t``.
+            valid: ``[N, T, S]`` bool mask of the transitions.
 
         Returns:
-            scores ``[T, N, S, H, 2W]`` (entry ``k`` of step ``t = bW + i``: ``q[t] . keys[(b - 1)W + k]``,
-            zero keys before step 0), their validity ``[T, N, S, 1, 2W]`` (the ``W`` entries
+            scores ``[N, T, S, H, 2W]`` (entry ``k`` of step ``t = bW + i``: ``q[:, t] . keys[:, (b - 1)W + k]``,
+            zero keys before step 0), their validity ``[N, T, S, 1, 2W]`` (the ``W`` entries
             ``i <= k < i + W``, i.e. steps ``t - W .. t - 1``, where those are valid) and the weigher.
             One batched matmul per product instead of ``W`` shifted elementwise products, whose
             slicing costs a full-size copy each in every backward pass; a step scores ``2W`` keys,
             half of them masked.
         """
-        horizon, size = q.shape[0], self.window
+        tasks, horizon, size = q.shape[0], q.shape[1], self.window
         blocks = -(-horizon // size)
         tail = blocks * size - horizon
 
-        def in_blocks(x: Tensor, front: int) -> Tensor:  # [T, ...] -> [blocks (+1), W, ...], zero padded
-            padding = (x.new_zeros((front, *x.shape[1:])), x, x.new_zeros((tail, *x.shape[1:])))
-            return torch.cat(padding).unflatten(0, (-1, size))
+        def in_blocks(x: Tensor, front: int) -> Tensor:  # [N, T, ...] -> [N, blocks (+1), W, ...], zero padded
+            padding = (x.new_zeros((tasks, front, *x.shape[2:])), x, x.new_zeros((tasks, tail, *x.shape[2:])))
+            return torch.cat(padding, dim=1).unflatten(1, (-1, size))
 
-        def with_previous(x: Tensor) -> Tensor:  # [blocks + 1, W, ...] -> [blocks, 2W, ...]
-            return torch.cat([x[:-1], x[1:]], dim=1)
+        def with_previous(x: Tensor) -> Tensor:  # [N, blocks + 1, W, ...] -> [N, blocks, 2W, ...]
+            return torch.cat([x[:, :-1], x[:, 1:]], dim=2)
 
         pair_keys, pair_values = with_previous(in_blocks(keys, size)), with_previous(in_blocks(values, size))
-        pair_valid = with_previous(in_blocks(valid, size)).permute(0, 2, 3, 1)  # [blocks, N, S, 2W]
-        scores = torch.einsum("bcnshd,bknshd->bcnshk", in_blocks(q, 0), pair_keys).flatten(0, 1)[:horizon]
+        pair_valid = with_previous(in_blocks(valid, size)).transpose(2, 3)  # [N, blocks, S, 2W]
+        scores = torch.einsum("nbcshd,nbkshd->nbcshk", in_blocks(q, 0), pair_keys).flatten(1, 2)[:, :horizon]
         step, key = torch.arange(size, device=q.device)[:, None], torch.arange(2 * size, device=q.device)
         band = (key >= step) & (key < step + size)  # [W, 2W]
-        scores_valid = band[None, :, None, None, :] & pair_valid[:, None]  # [blocks, W, N, S, 2W]
-        scores_valid = scores_valid.flatten(0, 1)[:horizon].unsqueeze(-2)
+        scores_valid = band[:, None, :] & pair_valid[:, :, None]  # [N, blocks, W, S, 2W]
+        scores_valid = scores_valid.flatten(1, 2)[:, :horizon].unsqueeze(-2)
 
         def weigh(weights: Tensor) -> Tensor:
             blocked = in_blocks(weights, 0)
-            return torch.einsum("bcnshk,bknshd->bcnshd", blocked, pair_values).flatten(0, 1)[:horizon]
+            return torch.einsum("nbcshk,nbkshd->nbcshd", blocked, pair_values).flatten(1, 2)[:, :horizon]
 
         return scores, scores_valid, weigh
 
@@ -352,10 +354,10 @@ class AttentionPolicy(Policy):
         if self.window > 0:
             features = transition_features(observations, episodes.actions, episodes.rewards, episodes.next_observations)
             keys, values = self._keys_values(params, task_view(features, num_tasks))
-            valid = episodes.mask.reshape(episodes.horizon, num_tasks, -1) > 0
+            valid = task_view(episodes.mask.unsqueeze(-1), num_tasks).squeeze(-1) > 0
             window = self._window_batched(q, keys, values, valid)
         z = self._summary(params, q, window, self._memory(params, memory, num_tasks))
-        return self._distribution(params, h, z, observations.shape[:-1])
+        return self._distribution(params, h, z)
 
     # ------------------------------------------------------------------ incremental (sampling)
 
@@ -390,7 +392,7 @@ class AttentionPolicy(Policy):
 
             window = (scores, valid, weigh)
         z = self._summary(params, q, window, state.memory)
-        return self._distribution(params, h, z, obs.shape[:-1])
+        return self._distribution(params, h, z)
 
     def observe(
         self, params: Params, state: AttentionState, obs: Tensor, action: Tensor, reward: Tensor, next_obs: Tensor
