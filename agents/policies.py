@@ -63,7 +63,7 @@ def task_view(x: Tensor, num_tasks: int) -> Tensor:
     Task-major, every task's rows are one block, so the per-task matmuls (:func:`linear`) need no
     copy; with leading axes (the losses' time axis) this is one copy of the input. Time-major
     ``[T, N, S, F]`` instead cost a copy in and out of every matmul and of its backward passes:
-    task-major, the attention policy's TRPO step took 0.91x the time (docs/speed.md).
+    task-major, the attention policy's TRPO step took 0.88-0.92x the time (docs/speed.md).
     """
     split = x.reshape(*x.shape[:-2], num_tasks, x.shape[-2] // num_tasks, x.shape[-1])
     return split.movedim(-3, 0).contiguous()
