@@ -3,7 +3,9 @@ for Fast Adaptation of Deep Networks"; TRPO: Schulman et al. 2015).
 
 Inner loop, per task: a policy-gradient (REINFORCE) loss with advantages from
 GAE on a linear feature baseline fitted to that task's episodes, normalised;
-``num_inner_steps`` gradient steps of size ``inner_lr``. The tasks are batched:
+``num_inner_steps`` gradient steps of size ``inner_lr``. ``inner_objective="lvc"``
+swaps the log-probabilities for probability ratios to the sampling policy
+(ProMP's low-variance curvature: the same inner step, another Hessian). The tasks are batched:
 the parameters are expanded to a leading task axis and one backward pass gives
 every task's inner gradient (``task_chunk`` tasks at a time).
 
@@ -82,11 +84,27 @@ class MAMLTRPO:
         return policy_gradient_advantages(episodes, self.config.gamma, self.config.gae_lambda)
 
     def inner_loss(
-        self, params: Params, episodes: Episodes, memory: Memory | None = None, advantages: Tensor | None = None
+        self,
+        params: Params,
+        episodes: Episodes,
+        memory: Memory | None = None,
+        advantages: Tensor | None = None,
+        sampling_log_prob: Tensor | None = None,
     ) -> Tensor:
-        """Per-task REINFORCE loss ``[num_tasks]`` (params shared or per task)."""
+        """Per-task policy-gradient loss ``[num_tasks]`` (params shared or per task).
+
+        ``inner_objective="reinforce"`` weighs the advantages by the log-probabilities; ``"lvc"`` by the
+        probabilities over ``exp(sampling_log_prob)``, those under the policy that sampled the episodes
+        (default: the log-probabilities' detached values). Where ``params`` sampled them that is ProMP's
+        low-variance curvature (Rothfuss et al. 2019): 1 in value, the same gradient, and a Hessian that
+        adds each step's ``A grad log pi grad log pi^T``, the term through which the meta-gradient credits
+        the pre-adaptation policy for the episodes it samples; elsewhere an importance weight.
+        """
         adv = self.advantages(episodes) if advantages is None else advantages
         log_prob = self.policy.episode_distribution(params, episodes, memory).log_prob(episodes.actions)
+        if self.config.inner_objective == "lvc":
+            reference = log_prob.detach() if sampling_log_prob is None else sampling_log_prob
+            log_prob = torch.exp(log_prob - reference)
         return -masked_task_mean(log_prob * adv, episodes.mask, episodes.num_tasks)
 
     def adapt(
@@ -98,6 +116,7 @@ class MAMLTRPO:
         num_steps: int | None = None,
         advantages: Tensor | None = None,
         lr: float | None = None,
+        sampling_log_prob: Tensor | None = None,
     ) -> Params:
         """Per-task fast parameters (leading ``num_tasks`` axis) after the inner steps.
 
@@ -111,15 +130,30 @@ class MAMLTRPO:
             num_steps: inner steps (default: ``num_inner_steps``).
             advantages: :meth:`advantages` of ``episodes`` if already computed.
             lr: the inner steps' size (default: ``inner_lr``).
+            sampling_log_prob: ``inner_objective="lvc"``: the log-probabilities of the episodes' actions
+                under the policy that sampled them (default: under ``params``, detached).
         """
         params = self.policy.params() if params is None else params
         create_graph = (not self.config.first_order) if create_graph is None else create_graph
         steps = self.config.num_inner_steps if num_steps is None else num_steps
         per_task = self.policy.num_tasks_of(params, self.policy.params()) is not None
         pieces = []
-        for tasks, part, part_memory, part_advantages in self._task_chunks(episodes, memory, advantages):
+        for tasks, part, part_memory, part_advantages, part_sampling in self._task_chunks(
+            episodes, memory, advantages, sampling_log_prob
+        ):
             fast = select_tasks(params, tasks) if per_task else expand_params(params, tasks.stop - tasks.start)
-            pieces.append(self._inner_steps(fast, part, part_memory, part_advantages, steps, create_graph, lr=lr))
+            pieces.append(
+                self._inner_steps(
+                    fast,
+                    part,
+                    part_memory,
+                    part_advantages,
+                    steps,
+                    create_graph,
+                    lr=lr,
+                    sampling_log_prob=part_sampling,
+                )
+            )
         return {k: torch.cat([p[k] for p in pieces]) for k in params}
 
     def task_chunk(self, num_tasks: int) -> int:
@@ -130,18 +164,26 @@ class MAMLTRPO:
         return num_tasks if on_gpu else CPU_TASK_CHUNK
 
     def _task_chunks(
-        self, episodes: Episodes, memory: Memory | None, advantages: Tensor | None, num_tasks: int | None = None
-    ) -> Iterator[tuple[slice, Episodes, Memory | None, Tensor | None]]:
-        """``(tasks, episodes, memory, advantages)`` of consecutive chunks of the first ``num_tasks`` tasks."""
+        self,
+        episodes: Episodes,
+        memory: Memory | None,
+        advantages: Tensor | None,
+        sampling_log_prob: Tensor | None = None,
+        num_tasks: int | None = None,
+    ) -> Iterator[tuple[slice, Episodes, Memory | None, Tensor | None, Tensor | None]]:
+        """``(tasks, episodes, memory, advantages, sampling_log_prob)`` of consecutive chunks of the first
+        ``num_tasks`` tasks."""
         num_tasks = episodes.num_tasks if num_tasks is None else num_tasks
         chunk, per = self.task_chunk(num_tasks), episodes.episodes_per_task
         for start in range(0, num_tasks, chunk):
             tasks = slice(start, min(start + chunk, num_tasks))
+            slots = slice(tasks.start * per, tasks.stop * per)
             yield (
                 tasks,
                 episodes.select(tasks),
                 None if memory is None else memory.select(tasks),
-                None if advantages is None else advantages[:, tasks.start * per : tasks.stop * per],
+                None if advantages is None else advantages[:, slots],
+                None if sampling_log_prob is None else sampling_log_prob[:, slots],
             )
 
     def _inner_steps(
@@ -154,8 +196,12 @@ class MAMLTRPO:
         create_graph: bool,
         trace: list[tuple[Params, Params]] | None = None,
         lr: float | None = None,
+        sampling_log_prob: Tensor | None = None,
     ) -> Params:
         """``steps`` inner steps of size ``lr`` (default ``inner_lr``) of one chunk of tasks from ``fast`` (per task).
+
+        With ``inner_objective="lvc"`` every step's loss weighs by the probability over ``sampling_log_prob``'s
+        (default: under ``fast``, which sampled the episodes): 1 at the first step, an importance weight later.
 
         With ``trace`` (a list), each step appends its inputs (fresh aliases, so
         that a derivative with respect to them is the partial one of that step)
@@ -167,6 +213,8 @@ class MAMLTRPO:
         lr = self.config.inner_lr if lr is None else lr
         if advantages is None and steps > 0:
             advantages = self.advantages(episodes)
+        if sampling_log_prob is None and self.config.inner_objective == "lvc" and steps > 0:
+            sampling_log_prob = self.sampling_log_prob(detached(fast), episodes, memory)
         for _ in range(steps):
             if trace is not None:
                 fast = {k: v.view_as(v) for k, v in fast.items()}
@@ -174,13 +222,18 @@ class MAMLTRPO:
             fast = {k: v if v.requires_grad or k not in names else v.detach().requires_grad_() for k, v in fast.items()}
             wrt = names if trace is None else list(fast)
             with torch.enable_grad():
-                loss = self.inner_loss(fast, episodes, memory, advantages).sum()
+                loss = self.inner_loss(fast, episodes, memory, advantages, sampling_log_prob).sum()
                 grads = torch.autograd.grad(loss, [fast[k] for k in wrt], create_graph=create_graph)
             gradient = dict(zip(wrt, grads, strict=True))
             if trace is not None:
                 trace.append((fast, gradient))
             fast = {k: v - lr * gradient[k] if k in names else v for k, v in fast.items()}
         return fast
+
+    def sampling_log_prob(self, params: Params, episodes: Episodes, memory: Memory | None = None) -> Tensor:
+        """Log-probabilities ``[T, B]`` of the episodes' actions under ``params`` (the policy that sampled them)."""
+        with torch.no_grad():
+            return self.policy.episode_distribution(params, episodes, memory).log_prob(episodes.actions)
 
     # ------------------------------------------------------------ outer loop
     def surrogate(self, dist: Any, post: Episodes, old_log_prob: Tensor, advantages: Tensor) -> Tensor:
@@ -213,10 +266,11 @@ class MAMLTRPO:
             fast: ``adapt(pre, num_steps=inner_steps)`` at the current parameters, with its graph,
                 where the caller has it (the trainer, which sampled ``post`` with it); else adapted here.
         Returns:
-            Metrics: ``surrogate_before``, ``surrogate_improvement``, ``kl``,
-            ``line_search_steps``, ``full_step_kl_ratio`` (the KL of the full step over
-            ``max_kl``, which the quadratic model predicts as 1; capped at 1e6),
-            ``step_accepted``, ``grad_norm``, seconds per part.
+            Metrics: ``surrogate_before``, ``surrogate_improvement``, ``kl`` (the trust region's:
+            the adapted policies' plus ``pre_kl_weight`` times ``pre_kl``, the meta-policy's on ``pre``,
+            reported where the weight is set), ``line_search_steps``, ``full_step_kl_ratio`` (the
+            KL of the full step over ``max_kl``, which the quadratic model predicts as 1; capped at
+            1e6), ``step_accepted``, ``grad_norm``, seconds per part.
         """
         cfg = self.config
         max_kl = cfg.max_kl if max_kl is None else max_kl
@@ -227,6 +281,8 @@ class MAMLTRPO:
         tic = time.perf_counter()
         advantages = self.advantages(post)
         pre_advantages = self.advantages(pre)
+        # lvc: the line search adapts from new parameters on the episodes the current ones sampled
+        pre_sampling = self.sampling_log_prob(params, pre) if cfg.inner_objective == "lvc" else None
         if fast is None:
             fast = self.adapt(pre, params, num_steps=inner_steps, advantages=pre_advantages)
         dist = self.policy.episode_distribution(fast, post, memory)
@@ -249,16 +305,32 @@ class MAMLTRPO:
         old_vector = flatten(theta).detach().clone()
         old_loss = float(loss.detach())
         results: dict[float, tuple[float, float]] = {}
+        pre_kls: dict[float, float] = {0.0: 0.0}
+        old_pre_dist = None
+        if cfg.pre_kl_weight:
+            with torch.no_grad():
+                old_pre_dist = detached_gaussian(self.policy.episode_distribution(params, pre))
 
         def evaluate(fraction: float) -> tuple[float, float]:
             vector_to_parameters(old_vector - fraction * step_vector, theta)
             new_fast = detached(
-                self.adapt(pre, params, create_graph=False, num_steps=inner_steps, advantages=pre_advantages)
+                self.adapt(
+                    pre,
+                    params,
+                    create_graph=False,
+                    num_steps=inner_steps,
+                    advantages=pre_advantages,
+                    sampling_log_prob=pre_sampling,
+                )
             )
             with torch.no_grad():
                 new_dist = self.policy.episode_distribution(new_fast, post, memory)
                 new_surrogate = self.surrogate(new_dist, post, old_log_prob, advantages)
                 kl = float(self.mean_kl(old_dist, new_dist, post))
+                if old_pre_dist is not None:
+                    new_pre_dist = self.policy.episode_distribution(params, pre)
+                    pre_kls[fraction] = float(self.mean_kl(old_pre_dist, new_pre_dist, pre))
+                    kl += cfg.pre_kl_weight * pre_kls[fraction]
             results[fraction] = (old_loss + float(new_surrogate), kl)
             return results[fraction]
 
@@ -279,6 +351,7 @@ class MAMLTRPO:
             else FULL_STEP_KL_RATIO_CAP,
             "step_accepted": float(fraction > 0.0),
             "grad_norm": float(gradient.norm()),
+            **({"pre_kl": pre_kls[fraction]} if cfg.pre_kl_weight else {}),
             **timings,
         }
 
@@ -324,6 +397,10 @@ class MAMLTRPO:
         4,000 steps that cost 1.3x the time per product and 2.3x (MLP) to 2.4x
         (attention) to build (docs/speed.md).
 
+        With ``pre_kl_weight`` the trust region also holds the meta-policy's own KL
+        on the pre-adaptation episodes: each chunk adds that weight times its
+        Fisher there (the same Gauss-Newton product, at ``theta``, no inner loop).
+
         ``fvp_tasks`` restricts it to the first tasks (0: all) and ``fvp_episodes``
         to each task's first episodes, before and after adaptation. The graphs are
         built once per chunk of tasks (:meth:`task_chunk`), each chunk's KL
@@ -337,11 +414,13 @@ class MAMLTRPO:
         num_tasks = min(cfg.fvp_tasks or pre.num_tasks, pre.num_tasks)
         steps = cfg.num_inner_steps if inner_steps is None else inner_steps
         exact = cfg.fvp_curvature == "exact" and not cfg.first_order
-        # per chunk: (number of tasks, inner-loop trace, adapted parameters, their leaves, the steps' (loc, scale),
-        # their Fisher weights, the dummy cotangents and J_out^T of them)
+        # per chunk: (number of tasks, inner-loop trace, adapted parameters, the adapted policies' Fisher on the
+        # post-adaptation episodes, the meta-policy's on the pre-adaptation ones where pre_kl_weight counts it)
         chunks = []
         # memory is the post-adaptation episodes' context; the inner loss (on pre) has none
-        for tasks, part_pre, part_memory, part_advantages in self._task_chunks(pre, memory, pre_advantages, num_tasks):
+        for tasks, part_pre, part_memory, part_advantages, _ in self._task_chunks(
+            pre, memory, pre_advantages, num_tasks=num_tasks
+        ):
             part_post, count, size = post.select(tasks), cfg.fvp_episodes, tasks.stop - tasks.start
             if count and count < part_pre.episodes_per_task:
                 if part_advantages is not None:
@@ -349,39 +428,69 @@ class MAMLTRPO:
                 part_pre, part_post = part_pre.first(count), part_post.first(count)
             trace: list[tuple[Params, Params]] | None = [] if exact else None
             fast = self._inner_steps(expand_params(params, size), part_pre, None, part_advantages, steps, exact, trace)
-            leaves = {k: v.detach().requires_grad_() for k, v in fast.items()}
-            normal = self.policy.episode_distribution(leaves, part_post, part_memory).base_dist
-            outputs = [normal.loc, normal.scale]
-            # the KL's Hessian in (loc, scale), per action dimension and step, weighted as in mean_kl
-            weight = (task_step_weights(part_post.mask, size) / num_tasks).unsqueeze(-1)
-            inverse_variance = normal.scale.detach().pow(-2)
-            fisher = [weight * inverse_variance, 2.0 * weight * inverse_variance]
-            # J_out^T w, linear in the dummy cotangents w: its backward pass with respect to w is J_out u
-            dummies = [torch.zeros_like(o, requires_grad=True) for o in outputs]
-            pulled = torch.autograd.grad(
-                outputs, [leaves[k] for k in names], dummies, create_graph=True, allow_unused=True
+            post_fisher = _GaussNewton(self.policy, fast, names, part_post, part_memory, 1.0 / num_tasks)
+            pre_fisher = (
+                _GaussNewton(self.policy, params, names, part_pre, None, cfg.pre_kl_weight / num_tasks)
+                if cfg.pre_kl_weight
+                else None
             )
-            chunks.append((size, trace or [], fast, leaves, outputs, fisher, dummies, pulled))
-
-        def backward(outputs: list[Tensor], inputs: list[Tensor], vectors: list[Tensor]) -> list[Tensor]:
-            grads = torch.autograd.grad(outputs, inputs, vectors, retain_graph=True, allow_unused=True)
-            return [g if g is not None else torch.zeros_like(x) for g, x in zip(grads, inputs, strict=True)]
+            chunks.append((size, trace or [], fast, post_fisher, pre_fisher))
 
         def product(vector: Tensor) -> Tensor:
             total = cfg.cg_damping * vector
             pieces = dict(zip(names, vector.split([p.numel() for p in theta]), strict=True))
-            for size, steps_trace, fast, leaves, outputs, fisher, dummies, pulled in chunks:
+            for size, steps_trace, fast, post_fisher, pre_fisher in chunks:
                 u = {k: pieces[k].view_as(params[k]).expand(size, *params[k].shape) for k in names}
                 for inputs, gradient in steps_trace:  # J v
-                    hu = backward([gradient[k] for k in names], [inputs[k] for k in names], [u[k] for k in names])
+                    hu = _backward([gradient[k] for k in names], [inputs[k] for k in names], [u[k] for k in names])
                     u = {
                         k: u[k] - cfg.inner_lr * h if k in self.adapted else u[k]
                         for k, h in zip(names, hu, strict=True)
                     }
-                used = [(g, u[k]) for g, k in zip(pulled, names, strict=True) if g is not None]
-                out_u = backward([g for g, _ in used], dummies, [x for _, x in used])  # J_out u
-                fu = backward(outputs, [leaves[k] for k in names], [f * x for f, x in zip(fisher, out_u, strict=True)])
-                total = total + flatten(backward([fast[k] for k in names], theta, fu))
+                total = total + flatten(_backward([fast[k] for k in names], theta, post_fisher.product(u)))
+                if pre_fisher is not None:
+                    total = total + flatten(pre_fisher.product({k: pieces[k].view_as(params[k]) for k in names}))
             return total
 
         return product
+
+
+def _backward(outputs: list[Tensor], inputs: list[Tensor], vectors: list[Tensor]) -> list[Tensor]:
+    """The vector-Jacobian products of ``outputs`` with ``vectors`` in ``inputs`` (zeros where unused), graph kept."""
+    grads = torch.autograd.grad(outputs, inputs, vectors, retain_graph=True, allow_unused=True)
+    return [g if g is not None else torch.zeros_like(x) for g, x in zip(grads, inputs, strict=True)]
+
+
+class _GaussNewton:
+    """``u -> F u``: the Hessian, at zero KL, of ``weight`` times the per-task mean KL (summed over tasks) between
+    the policy at ``params`` and a perturbation of it, on ``episodes``, as ``J_out^T D J_out``.
+
+    ``J_out`` is the Jacobian of every step's ``(loc, scale)`` with respect to ``params`` and ``D``
+    the diagonal Gaussian's Fisher in them, ``diag(1 / scale^2, 2 / scale^2)``, per action dimension
+    and step. ``J_out u`` is the backward pass, with respect to dummy cotangents ``w``, of the graph
+    of ``J_out^T w`` (built here, once); ``J_out^T (D J_out u)`` an ordinary backward pass.
+    """
+
+    def __init__(
+        self, policy: Policy, params: Params, names: list[str], episodes: Episodes, memory: Memory | None, weight: float
+    ) -> None:
+        self.names = names
+        self.leaves = {k: v.detach().requires_grad_() for k, v in params.items()}
+        normal = policy.episode_distribution(self.leaves, episodes, memory).base_dist
+        self.outputs = [normal.loc, normal.scale]
+        # the KL's Hessian in (loc, scale), per action dimension and step, weighted as in mean_kl
+        step_weight = (weight * task_step_weights(episodes.mask, episodes.num_tasks)).unsqueeze(-1)
+        inverse_variance = normal.scale.detach().pow(-2)
+        self.fisher = [step_weight * inverse_variance, 2.0 * step_weight * inverse_variance]
+        # J_out^T w, linear in the dummy cotangents w: its backward pass with respect to w is J_out u
+        self.dummies = [torch.zeros_like(o, requires_grad=True) for o in self.outputs]
+        self.pulled = torch.autograd.grad(
+            self.outputs, [self.leaves[k] for k in names], self.dummies, create_graph=True, allow_unused=True
+        )
+
+    def product(self, u: Params) -> list[Tensor]:
+        """``F u`` per parameter (in ``names`` order), ``u`` shaped as the parameters."""
+        used = [(g, u[k]) for g, k in zip(self.pulled, self.names, strict=True) if g is not None]
+        out_u = _backward([g for g, _ in used], self.dummies, [x for _, x in used])  # J_out u
+        weighted = [f * x for f, x in zip(self.fisher, out_u, strict=True)]
+        return _backward(self.outputs, [self.leaves[k] for k in self.names], weighted)

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 FVP_CURVATURES = ("adapted", "exact")
+INNER_OBJECTIVES = ("reinforce", "lvc")
 ADAPT_SCOPES = ("all", "head", "context")
 POLICIES = ("attention", "mlp")
 ACTIVATIONS = ("tanh", "relu")
@@ -34,6 +35,12 @@ class MAMLConfig:
     """Inner gradient steps per task."""
     first_order: bool = False
     """Drop the second-order terms of the meta-gradient (first-order MAML)."""
+    inner_objective: str = "reinforce"
+    """Inner loss, whose Hessian the second-order meta-gradient takes: reinforce (log-probability
+    times advantage, Finn et al.'s; its Hessian misses the credit of the pre-adaptation policy for the
+    episodes it samples) or lvc (ProMP's low-variance curvature: probability over the sampling policy's
+    times advantage; the same inner step, and each step's score outer product in the Hessian; the line
+    search adapts new parameters with that importance weight on the episodes the old ones sampled)."""
     adapt: str = "all"
     """Parameters the inner loop adapts: all, head or context."""
     gamma: float = 0.99
@@ -47,6 +54,10 @@ class MAMLConfig:
     and stays there (0: max_kl throughout)."""
     max_kl_anneal: int = 0
     """Iterations over which max_kl falls to max_kl_final."""
+    pre_kl_weight: float = 0.0
+    """Weight of the meta-policy's own mean KL on the pre-adaptation episodes in the trust region, which
+    then bounds the adapted policies' KL plus this times it (0: theirs alone, as MAML-TRPO; ProMP
+    penalises the pre-adaptation policy's KL)."""
     cg_iterations: int = 10
     """Conjugate-gradient iterations of the TRPO step."""
     cg_damping: float = 1e-5
@@ -78,6 +89,10 @@ class MAMLConfig:
             {
                 "inner_lr": (self.inner_lr >= 0, "must be >= 0"),
                 "num_inner_steps": (self.num_inner_steps >= 1, "must be >= 1"),
+                "inner_objective": (
+                    self.inner_objective in INNER_OBJECTIVES,
+                    f"must be one of {', '.join(INNER_OBJECTIVES)}",
+                ),
                 "adapt": (self.adapt in ADAPT_SCOPES, f"must be one of {', '.join(ADAPT_SCOPES)}"),
                 "gamma": (0 < self.gamma <= 1, "must be in (0, 1]"),
                 "gae_lambda": (0 <= self.gae_lambda <= 1, "must be in [0, 1]"),
@@ -87,6 +102,7 @@ class MAMLConfig:
                     self.max_kl_anneal >= 0 and (self.max_kl_anneal > 0) == (self.max_kl_final > 0),
                     "must be >= 1 with max-kl-final and 0 without it",
                 ),
+                "pre_kl_weight": (math.isfinite(self.pre_kl_weight) and self.pre_kl_weight >= 0, "must be >= 0"),
                 "cg_iterations": (self.cg_iterations >= 1, "must be >= 1"),
                 "cg_damping": (self.cg_damping >= 0, "must be >= 0"),
                 "line_search_steps": (self.line_search_steps >= 1, "must be >= 1"),

@@ -3,11 +3,13 @@
 - the second-order meta-gradient equals central finite differences (tanh and
   ReLU hidden layers); the
   first-order one differs, and equals finite differences with the inner
-  gradient held fixed; ``MAMLTRPO.step`` reports the norm of that gradient;
+  gradient held fixed; the LVC inner objective gives the same inner step and
+  adds each step's score outer product to the inner Hessian; ``MAMLTRPO.step``
+  reports the norm of that gradient;
 - adaptation batched over tasks (any ``task_chunk``) equals a Python loop;
 - the Fisher-vector product equals the explicit Hessian of the KL (exact and
   adapted curvature, built in chunks of tasks, over two inner steps that adapt
-  part of the parameters, of a subsample of tasks and episodes); the full
+  part of the parameters, with the LVC inner objective, of a subsample of tasks and episodes); the full
   step's KL over ``max_kl`` is 1 with the Fisher of every
   task, and ``benchmark.py fisher`` compares subsamples on one step;
 - conjugate gradient against ``torch.linalg.solve``; the line search, and the
@@ -33,7 +35,14 @@ from torch import Tensor
 import envs
 from agents import factory
 from agents.attention import AttentionPolicy
-from agents.maml_trpo import FULL_STEP_KL_RATIO_CAP, MAMLTRPO, expand_params, flatten, policy_gradient_advantages
+from agents.maml_trpo import (
+    FULL_STEP_KL_RATIO_CAP,
+    MAMLTRPO,
+    expand_params,
+    flatten,
+    policy_gradient_advantages,
+    task_step_weights,
+)
 from agents.policies import GaussianMLPPolicy, Params, Policy
 from metarl.baseline import baseline_features, fit_linear_baseline
 from metarl.config import MAMLConfig, TrainConfig
@@ -193,6 +202,101 @@ def test_first_order_meta_gradient_differs_and_matches_fixed_inner_gradient(kind
         assert abs(analytic - numeric) <= 1e-6 * max(abs(analytic), 1e-3), (analytic, numeric)
 
 
+@pytest.mark.parametrize("kind", POLICY_KINDS)
+def test_lvc_inner_objective_adds_the_score_outer_product_to_the_inner_hessian(kind: str) -> None:
+    """``inner_objective="lvc"``: the same inner step as REINFORCE, and a meta-gradient ``(I - lr H)^T g`` whose
+    inner Hessian ``H`` is REINFORCE's minus each step's weighted ``A s s^T`` (``s`` its score at θ, ProMP's LVC)."""
+    problem = Problem(kind)
+    reinforce, policy, pre, memory = problem.learner, problem.policy, problem.pre, problem.memory
+    lr = reinforce.config.inner_lr
+    lvc = MAMLTRPO(policy, MAMLConfig(inner_lr=lr, inner_objective="lvc"))
+    theta = problem.theta()
+
+    def adapted_and_meta_gradient(learner: MAMLTRPO) -> tuple[Params, Tensor]:
+        leaf = theta.clone().requires_grad_(True)
+        fast = learner.adapt(pre, problem.unflatten(leaf), create_graph=True, memory=memory)
+        (gradient,) = torch.autograd.grad(reinforce.inner_loss(fast, problem.post, memory).mean(), leaf)
+        return {k: v.detach() for k, v in fast.items()}, gradient
+
+    reinforce_fast, reinforce_gradient = adapted_and_meta_gradient(reinforce)
+    lvc_fast, lvc_gradient = adapted_and_meta_gradient(lvc)
+    for name, value in reinforce_fast.items():
+        torch.testing.assert_close(lvc_fast[name], value, rtol=0, atol=1e-12)
+
+    # g_i: the post-adaptation loss's gradient in task i's adapted parameters; s: every pre step's score at θ
+    leaves = {k: v.clone().requires_grad_(True) for k, v in lvc_fast.items()}
+    post_loss = reinforce.inner_loss(leaves, problem.post, memory).mean()
+    post_gradient = torch.autograd.grad(post_loss, list(leaves.values()))
+    per_task = torch.cat([g.flatten(1) for g in post_gradient], dim=1)  # [num_tasks, P]
+
+    def log_probs(vector: Tensor) -> Tensor:
+        return policy.episode_distribution(problem.unflatten(vector), pre, memory).log_prob(pre.actions)
+
+    scores = torch.autograd.functional.jacobian(log_probs, theta, vectorize=True)  # [T, B, P]
+    weighted = task_step_weights(pre.mask, pre.num_tasks) * reinforce.advantages(pre)  # [T, B]
+    task_of_slot = torch.arange(pre.num_slots) // pre.episodes_per_task
+    projections = (scores * per_task[task_of_slot]).sum(-1)  # s_t . g_(task of t)
+    expected = lr * ((weighted * projections).unsqueeze(-1) * scores).sum(dim=(0, 1))
+    torch.testing.assert_close(lvc_gradient - reinforce_gradient, expected, rtol=1e-9, atol=1e-12)
+    assert float(expected.norm()) > 1e-2 * float(reinforce_gradient.norm())  # the extra term is not negligible
+
+
+@pytest.mark.parametrize("kind", POLICY_KINDS)
+@pytest.mark.parametrize("num_inner_steps", [1, 2])
+def test_lvc_meta_gradient_is_the_gradient_of_adapting_on_the_sampling_policys_episodes(
+    kind: str, num_inner_steps: int
+) -> None:
+    """The LVC meta-gradient differentiates a function, which the line search evaluates: the objective after
+    adapting θ on episodes sampled by a fixed policy, each step weighing by the importance ratio to it."""
+    problem = Problem(kind, inner_lr=0.5, inner_objective="lvc", num_inner_steps=num_inner_steps)
+    learner, pre, memory = problem.learner, problem.pre, problem.memory
+    theta = problem.theta()
+    sampling = learner.sampling_log_prob(problem.policy.params(), pre, memory)
+    reinforce = MAMLTRPO(problem.policy, MAMLConfig())
+
+    def objective(vector: Tensor, create_graph: bool, sampling: Tensor | None = sampling) -> Tensor:
+        params = problem.unflatten(vector)
+        fast = learner.adapt(pre, params, create_graph=create_graph, memory=memory, sampling_log_prob=sampling)
+        return reinforce.inner_loss(fast, problem.post, memory).mean()
+
+    leaf = theta.clone().requires_grad_(True)
+    (gradient,) = torch.autograd.grad(objective(leaf, create_graph=True), leaf)
+    (default,) = torch.autograd.grad(objective(leaf, create_graph=True, sampling=None), leaf)
+    torch.testing.assert_close(gradient, default, rtol=1e-9, atol=1e-12)  # the sampling policy is θ's by default
+
+    def value(vector: Tensor) -> Tensor:
+        with torch.enable_grad():
+            return objective(vector.detach().clone().requires_grad_(True), create_graph=False).detach()
+
+    for seed in (4, 5):
+        direction = torch.randn(theta.numel(), generator=torch.Generator().manual_seed(seed), dtype=DTYPE)
+        analytic = float(gradient @ direction)
+        numeric = central_difference(value, theta, direction)
+        assert abs(analytic - numeric) <= 1e-6 * max(abs(analytic), 1e-3), (analytic, numeric)
+
+
+def test_lvc_line_search_adapts_new_parameters_on_the_old_policys_episodes() -> None:
+    """With ``inner_objective="lvc"``, ``step``'s line search scores the new parameters adapted with the
+    importance weight to the policy that sampled ``pre`` (the function its meta-gradient differentiates)."""
+    problem = Problem("mlp", inner_lr=0.5, inner_objective="lvc")
+    learner, policy, pre, post = problem.learner, problem.policy, problem.pre, problem.post
+    sampling = learner.sampling_log_prob(policy.params(), pre)
+    advantages = learner.advantages(post)
+    old_fast = {k: v.detach() for k, v in learner.adapt(pre, create_graph=False).items()}
+    old_log_prob = policy.episode_distribution(old_fast, post).log_prob(post.actions).detach()
+    metrics = learner.step(pre, post)
+    assert metrics["step_accepted"] == 1.0
+
+    def improvement(sampling_log_prob: Tensor | None) -> float:
+        fast = learner.adapt(pre, create_graph=False, sampling_log_prob=sampling_log_prob)
+        fast = {k: v.detach() for k, v in fast.items()}
+        with torch.no_grad():
+            return float(learner.surrogate(policy.episode_distribution(fast, post), post, old_log_prob, advantages))
+
+    assert metrics["surrogate_improvement"] == pytest.approx(improvement(sampling), rel=1e-9)
+    assert abs(improvement(None) - improvement(sampling)) > 1e-3 * abs(improvement(sampling))
+
+
 @pytest.mark.parametrize("first_order", [False, True])
 def test_step_reports_the_meta_gradient(first_order: bool) -> None:
     """``step``'s ``grad_norm`` is the norm of dJ/dθ at the parameters before the step (J = -surrogate)."""
@@ -285,24 +389,39 @@ def test_batched_adaptation_equals_a_loop_over_tasks(kind: str, num_inner_steps:
 
 
 @pytest.mark.parametrize(
-    ("kind", "curvature", "first_order", "num_inner_steps", "task_chunk", "adapt"),
+    ("kind", "curvature", "first_order", "num_inner_steps", "task_chunk", "adapt", "objective", "pre_kl_weight"),
     [
-        ("mlp", "exact", False, 1, 0, "all"),
-        ("mlp", "exact", False, 1, 1, "all"),  # one chunk per task: the chunks' products add up
-        ("mlp", "exact", False, 2, 0, "all"),
-        ("mlp_relu", "exact", False, 2, 0, "all"),  # ReLU: the inner loss's Hessian has no activation term
-        ("mlp", "adapted", False, 1, 0, "all"),
-        ("mlp", "exact", True, 1, 0, "all"),  # first order: the exact curvature falls back to the adapted one
-        ("attention", "exact", False, 1, 0, "all"),
-        ("attention", "exact", False, 1, 1, "all"),
-        ("attention", "adapted", False, 1, 0, "all"),
+        ("mlp", "exact", False, 1, 0, "all", "reinforce", 0.0),
+        ("mlp", "exact", False, 1, 1, "all", "reinforce", 0.0),  # one chunk per task: the chunks' products add up
+        ("mlp", "exact", False, 2, 0, "all", "reinforce", 0.0),
+        # ReLU: the inner loss's Hessian has no activation term
+        ("mlp_relu", "exact", False, 2, 0, "all", "reinforce", 0.0),
+        ("mlp", "adapted", False, 1, 0, "all", "reinforce", 0.0),
+        # first order: the exact curvature falls back to the adapted one
+        ("mlp", "exact", True, 1, 0, "all", "reinforce", 0.0),
+        ("attention", "exact", False, 1, 0, "all", "reinforce", 0.0),
+        ("attention", "exact", False, 1, 1, "all", "reinforce", 0.0),
+        ("attention", "adapted", False, 1, 0, "all", "reinforce", 0.0),
         # the context encoder is not adapted but shapes every step's inner gradient
-        ("attention", "exact", False, 2, 0, "head"),
-        ("attention", "exact", False, 2, 0, "context"),
+        ("attention", "exact", False, 2, 0, "head", "reinforce", 0.0),
+        ("attention", "exact", False, 2, 0, "context", "reinforce", 0.0),
+        # LVC: J v through the inner loss's LVC Hessian
+        ("mlp", "exact", False, 2, 0, "all", "lvc", 0.0),
+        ("attention", "exact", False, 1, 1, "all", "lvc", 0.0),
+        # the meta-policy's own KL on pre in the trust region: its Fisher added to each chunk's product
+        ("mlp", "exact", False, 1, 1, "all", "reinforce", 0.7),
+        ("attention", "exact", False, 2, 0, "head", "reinforce", 0.7),
     ],
 )
 def test_fisher_vector_product_equals_kl_hessian(
-    kind: str, curvature: str, first_order: bool, num_inner_steps: int, task_chunk: int, adapt: str
+    kind: str,
+    curvature: str,
+    first_order: bool,
+    num_inner_steps: int,
+    task_chunk: int,
+    adapt: str,
+    objective: str,
+    pre_kl_weight: float,
 ) -> None:
     problem = Problem(
         kind,
@@ -313,6 +432,8 @@ def test_fisher_vector_product_equals_kl_hessian(
         cg_damping=1e-3,
         task_chunk=task_chunk,
         adapt=adapt,
+        inner_objective=objective,
+        pre_kl_weight=pre_kl_weight,
     )
     learner, policy, pre, post, memory = problem.learner, problem.policy, problem.pre, problem.post, problem.memory
     through_inner_loop = curvature == "exact" and not first_order
@@ -321,10 +442,13 @@ def test_fisher_vector_product_equals_kl_hessian(
     old_fast = learner.adapt(pre, leaf_params(policy), create_graph=False)
     with torch.no_grad():
         old_dist = policy.episode_distribution({k: v.detach() for k, v in old_fast.items()}, post, memory)
+        old_pre_dist = policy.episode_distribution(policy.params(), pre)
 
     def kl(vector: Tensor) -> Tensor:
         fast = learner.adapt(pre, problem.unflatten(vector), create_graph=through_inner_loop)
-        return learner.mean_kl(old_dist, policy.episode_distribution(fast, post, memory), post)
+        post_kl = learner.mean_kl(old_dist, policy.episode_distribution(fast, post, memory), post)
+        pre_kl = learner.mean_kl(old_pre_dist, policy.episode_distribution(problem.unflatten(vector), pre), pre)
+        return post_kl + pre_kl_weight * pre_kl
 
     hessian = torch.autograd.functional.hessian(kl, theta, vectorize=True)
     assert float(kl(theta.clone().requires_grad_(True)).detach()) == pytest.approx(0.0, abs=1e-12)
@@ -501,11 +625,14 @@ def test_step_restores_the_old_parameters_when_no_step_is_accepted(monkeypatch: 
         assert isinstance(value, torch.nn.Parameter) and value.requires_grad
 
 
-@pytest.mark.parametrize("step_max_kl", [None, 2e-4], ids=["configured", "given"])
-def test_accepted_step_reports_its_kl_and_improvement(step_max_kl: float | None) -> None:
-    """The accepted step keeps within its trust region: the configured one, or the one passed (an anneal)."""
+@pytest.mark.parametrize(
+    ("step_max_kl", "pre_kl_weight"), [(None, 0.0), (2e-4, 0.0), (None, 2.0)], ids=["configured", "given", "pre-kl"]
+)
+def test_accepted_step_reports_its_kl_and_improvement(step_max_kl: float | None, pre_kl_weight: float) -> None:
+    """The accepted step keeps within its trust region: the configured one, or the one passed (an anneal);
+    with ``pre_kl_weight`` the region bounds the adapted policies' KL plus that times the meta-policy's on pre."""
     bound = 1e-3 if step_max_kl is None else step_max_kl
-    problem = Problem("mlp", inner_lr=0.1, max_kl=1e-3)
+    problem = Problem("mlp", inner_lr=0.1, max_kl=1e-3, pre_kl_weight=pre_kl_weight)
     learner, policy, pre, post = problem.learner, problem.policy, problem.pre, problem.post
     advantages = policy_gradient_advantages(post, learner.config.gamma, learner.config.gae_lambda)
     with torch.enable_grad():
@@ -513,6 +640,7 @@ def test_accepted_step_reports_its_kl_and_improvement(step_max_kl: float | None)
     with torch.no_grad():
         old_dist = policy.episode_distribution(old_fast, post)
         old_log_prob = old_dist.log_prob(post.actions)
+        old_pre_dist = policy.episode_distribution(policy.params(), pre)
     metrics = learner.step(pre, post, max_kl=step_max_kl)
     assert metrics["step_accepted"] == 1.0
     with torch.enable_grad():
@@ -521,15 +649,25 @@ def test_accepted_step_reports_its_kl_and_improvement(step_max_kl: float | None)
         new_dist = policy.episode_distribution(new_fast, post)
         surrogate = learner.surrogate(new_dist, post, old_log_prob, advantages)
         kl = float(learner.mean_kl(old_dist, new_dist, post))
+        pre_kl = float(learner.mean_kl(old_pre_dist, policy.episode_distribution(policy.params(), pre), pre))
+    if pre_kl_weight:
+        assert metrics["pre_kl"] == pytest.approx(pre_kl, rel=1e-9)
+        assert pre_kl_weight * pre_kl > 0.1 * kl  # the meta-policy's own KL takes a real share of the region
+        kl += pre_kl_weight * pre_kl
+    else:
+        assert "pre_kl" not in metrics
     assert 0.5 * bound < kl <= bound
     assert metrics["kl"] == pytest.approx(kl, rel=1e-9)
     assert metrics["surrogate_improvement"] == pytest.approx(float(surrogate) - metrics["surrogate_before"], rel=1e-9)
     assert metrics["surrogate_improvement"] > 0
 
 
-@pytest.mark.parametrize("fvp_tasks", [0, 1])
-def test_full_step_kl_ratio_measures_the_quadratic_model(fvp_tasks: int, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The full step's KL over max_kl: about 1 on a small trust region with the Fisher of every task.
+@pytest.mark.parametrize(("fvp_tasks", "pre_kl_weight"), [(0, 0.0), (1, 0.0), (0, 3.0)])
+def test_full_step_kl_ratio_measures_the_quadratic_model(
+    fvp_tasks: int, pre_kl_weight: float, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The full step's KL over max_kl: about 1 on a small trust region with the Fisher of every task
+    (also with the meta-policy's own KL on pre in the region, whose Fisher the products then add).
 
     With the Fisher of the first of the two tasks only, the step is scaled by the wrong curvature
     and the ratio moves away from 1 (the metric shows how far a subsampled Fisher is off).
@@ -548,7 +686,9 @@ def test_full_step_kl_ratio_measures_the_quadratic_model(fvp_tasks: int, monkeyp
         return real_search(record, *args)  # type: ignore[arg-type]
 
     monkeypatch.setattr(maml_trpo, "backtracking_line_search", recording_search)
-    problem = Problem("mlp", inner_lr=0.1, max_kl=1e-6, fvp_tasks=fvp_tasks, cg_damping=0.0)
+    problem = Problem(
+        "mlp", inner_lr=0.1, max_kl=1e-6, fvp_tasks=fvp_tasks, cg_damping=0.0, pre_kl_weight=pre_kl_weight
+    )
     metrics = problem.learner.step(problem.pre, problem.post)
     assert metrics["step_accepted"] == 1.0
     assert tried[0][0] == 1.0

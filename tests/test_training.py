@@ -232,6 +232,8 @@ def assert_one_line_error(capsys: pytest.CaptureFixture[str], *fragments: str) -
         (["--env", "no_such_env"], ["no_such_env", *envs.names()]),
         (["--policy", "transformer"], ["policy", "transformer", "attention", "mlp"]),
         (["--activation", "sigmoid"], ["activation", "sigmoid", "tanh", "relu"]),
+        (["--inner-objective", "dice"], ["inner-objective", "dice", "reinforce", "lvc"]),
+        (["--pre-kl-weight", "-1"], ["pre-kl-weight", "-1", ">= 0"]),
         (["--meta-batch-size", "0"], ["meta-batch-size", "0"]),
         (["--meta-batch-size", "-3"], ["meta-batch-size", "-3"]),
         (["--inner-lr", "-0.1"], ["inner-lr", "-0.1"]),
@@ -245,6 +247,8 @@ def assert_one_line_error(capsys: pytest.CaptureFixture[str], *fragments: str) -
         "unknown-env",
         "unknown-policy",
         "unknown-activation",
+        "unknown-inner-objective",
+        "negative-pre-kl-weight",
         "zero-meta-batch",
         "negative-meta-batch",
         "negative-inner-lr",
@@ -456,6 +460,18 @@ def test_one_meta_iteration_on_every_family(tmp_path: Path, capsys: pytest.Captu
     assert meta_train.main(args) == 0
     assert "done after iteration 1:" in capsys.readouterr().out
     check_tiny_run(run, env)
+
+
+@pytest.mark.parametrize("policy", ["mlp", "attention"])
+def test_meta_train_with_the_lvc_inner_objective_and_the_pre_kl(tmp_path: Path, policy: str) -> None:
+    run = tmp_path / "run"
+    flags = ["--policy", policy, "--inner-objective", "lvc", "--pre-kl-weight", "1"]
+    assert meta_train.main([*tiny_args(run, iterations=1), *flags]) == 0
+    check_tiny_run(run, "point_nav")
+    maml = checkpoint.load(run / CHECKPOINT)["config"]["maml"]
+    assert (maml["inner_objective"], maml["pre_kl_weight"]) == ("lvc", 1.0)
+    (row,) = metric_rows(run)
+    assert row["trpo/step_accepted"] == "1.0" and 0.0 < float(row["trpo/pre_kl"]) < float(row["trpo/kl"])
 
 
 @pytest.mark.gpu
