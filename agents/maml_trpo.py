@@ -284,7 +284,9 @@ class MAMLTRPO:
         # lvc: the line search adapts from new parameters on the episodes the current ones sampled
         pre_sampling = self.sampling_log_prob(params, pre) if cfg.inner_objective == "lvc" else None
         if fast is None:
-            fast = self.adapt(pre, params, num_steps=inner_steps, advantages=pre_advantages)
+            fast = self.adapt(
+                pre, params, num_steps=inner_steps, advantages=pre_advantages, sampling_log_prob=pre_sampling
+            )
         dist = self.policy.episode_distribution(fast, post, memory)
         old_dist = detached_gaussian(dist)
         old_log_prob = old_dist.log_prob(post.actions)
@@ -295,7 +297,7 @@ class MAMLTRPO:
         timings["seconds/meta_gradient"] = time.perf_counter() - tic
 
         tic = time.perf_counter()
-        fvp = self._fisher_vector_product(pre, post, memory, names, inner_steps, pre_advantages)
+        fvp = self._fisher_vector_product(pre, post, memory, names, inner_steps, pre_advantages, pre_sampling)
         direction, fisher_direction = conjugate_gradient(fvp, gradient, cfg.cg_iterations)
         shs = 0.5 * torch.dot(direction, fisher_direction)
         step_vector = direction / torch.sqrt(shs.clamp_min(1e-12) / max_kl)
@@ -363,6 +365,7 @@ class MAMLTRPO:
         names: list[str],
         inner_steps: int | None = None,
         pre_advantages: Tensor | None = None,
+        pre_sampling: Tensor | None = None,
     ) -> Any:
         """``v -> (H_KL + damping) v``, the KL's Hessian at the current parameters.
 
@@ -397,6 +400,9 @@ class MAMLTRPO:
         4,000 steps that cost 1.3x the time per product and 2.3x (MLP) to 2.4x
         (attention) to build (docs/speed.md).
 
+        ``pre_sampling`` (lvc) is :meth:`step`'s log-probabilities of the pre-adaptation
+        actions under the sampling policy, subsampled with the advantages (not recomputed).
+
         With ``pre_kl_weight`` the trust region also holds the meta-policy's own KL
         on the pre-adaptation episodes: each chunk adds that weight times its
         Fisher there (the same Gauss-Newton product, at ``theta``, no inner loop).
@@ -418,16 +424,27 @@ class MAMLTRPO:
         # post-adaptation episodes, the meta-policy's on the pre-adaptation ones where pre_kl_weight counts it)
         chunks = []
         # memory is the post-adaptation episodes' context; the inner loss (on pre) has none
-        for tasks, part_pre, part_memory, part_advantages, _ in self._task_chunks(
-            pre, memory, pre_advantages, num_tasks=num_tasks
+        for tasks, part_pre, part_memory, part_advantages, part_sampling in self._task_chunks(
+            pre, memory, pre_advantages, pre_sampling, num_tasks
         ):
             part_post, count, size = post.select(tasks), cfg.fvp_episodes, tasks.stop - tasks.start
             if count and count < part_pre.episodes_per_task:
                 if part_advantages is not None:
                     part_advantages = first_slots(part_advantages, part_pre.num_tasks, count)
+                if part_sampling is not None:
+                    part_sampling = first_slots(part_sampling, part_pre.num_tasks, count)
                 part_pre, part_post = part_pre.first(count), part_post.first(count)
             trace: list[tuple[Params, Params]] | None = [] if exact else None
-            fast = self._inner_steps(expand_params(params, size), part_pre, None, part_advantages, steps, exact, trace)
+            fast = self._inner_steps(
+                expand_params(params, size),
+                part_pre,
+                None,
+                part_advantages,
+                steps,
+                exact,
+                trace,
+                sampling_log_prob=part_sampling,
+            )
             post_fisher = _GaussNewton(self.policy, fast, names, part_post, part_memory, 1.0 / num_tasks)
             pre_fisher = (
                 _GaussNewton(self.policy, params, names, part_pre, None, cfg.pre_kl_weight / num_tasks)
