@@ -280,9 +280,11 @@ class MAMLTRPO:
         timings: dict[str, float] = {}
         tic = time.perf_counter()
         advantages = self.advantages(post)
-        pre_advantages = self.advantages(pre)
+        steps = cfg.num_inner_steps if inner_steps is None else inner_steps
+        # the inner loss's inputs; a context-only iteration (no inner step) needs neither
+        pre_advantages = self.advantages(pre) if steps > 0 else None
         # lvc: the line search adapts from new parameters on the episodes the current ones sampled
-        pre_sampling = self.sampling_log_prob(params, pre) if cfg.inner_objective == "lvc" else None
+        pre_sampling = self.sampling_log_prob(params, pre) if cfg.inner_objective == "lvc" and steps > 0 else None
         if fast is None:
             fast = self.adapt(
                 pre, params, num_steps=inner_steps, advantages=pre_advantages, sampling_log_prob=pre_sampling
