@@ -486,10 +486,11 @@ def test_meta_train_on_cuda_runs_and_resumes(tmp_path: Path, policy: str) -> Non
     assert checkpoint.load(run / CHECKPOINT)["iteration"] == 2
 
 
-@pytest.mark.parametrize("fraction", [0.0, 1.0])
-def test_context_fraction_chooses_context_only_iterations(tmp_path: Path, fraction: float) -> None:
+@pytest.mark.parametrize(("fraction", "objective"), [(0.0, "reinforce"), (1.0, "reinforce"), (1.0, "lvc")])
+def test_context_fraction_chooses_context_only_iterations(tmp_path: Path, fraction: float, objective: str) -> None:
+    """Context-only iterations take no inner step, with either inner objective."""
     run = tmp_path / "run"
-    args = ["--policy", "attention", "--context-fraction", str(fraction)]
+    args = ["--policy", "attention", "--context-fraction", str(fraction), "--inner-objective", objective]
     assert train(run, *args, iterations=2) == 0
     rows = metric_rows(run)
     assert [float(r["returns/context_only"]) for r in rows] == [fraction, fraction]
