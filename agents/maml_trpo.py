@@ -262,7 +262,8 @@ class MAMLTRPO:
             memory: the post-adaptation episodes' context (attention policies).
             inner_steps: inner steps between ``pre`` and ``post`` (default
                 ``num_inner_steps``; 0: ``post`` adapted through the context alone).
-            max_kl: this step's trust region (default ``max_kl``; the trainer passes the anneal's).
+            max_kl: this step's trust region (default ``max_kl``; the trainer passes the anneal's); the
+                line search accepts up to ``line_search_kl_tolerance`` times it.
             fast: ``adapt(pre, num_steps=inner_steps)`` at the current parameters, with its graph,
                 where the caller has it (the trainer, which sampled ``post`` with it); else adapted here.
         Returns:
@@ -338,7 +339,9 @@ class MAMLTRPO:
             results[fraction] = (old_loss + float(new_surrogate), kl)
             return results[fraction]
 
-        fraction, tried = backtracking_line_search(evaluate, max_kl, cfg.line_search_steps, cfg.line_search_ratio)
+        fraction, tried = backtracking_line_search(
+            evaluate, max_kl * cfg.line_search_kl_tolerance, cfg.line_search_steps, cfg.line_search_ratio
+        )
         if fraction == 0.0:
             vector_to_parameters(old_vector, theta)
         timings["seconds/line_search"] = time.perf_counter() - tic

@@ -66,6 +66,10 @@ class MAMLConfig:
     """Most backtracking steps of the line search."""
     line_search_ratio: float = 0.8
     """Backtracking factor of the line search."""
+    line_search_kl_tolerance: float = 1.0
+    """The line search accepts a step whose KL is at most this times max_kl (1: the bound itself, as
+    MAML-TRPO; OpenAI baselines' TRPO accepts 1.5). The step is still scaled to max_kl: above 1 an
+    exact quadratic model's full step, whose KL overshoots it by a few percent, is not halved."""
     fvp_tasks: int = 10
     """Tasks whose KL defines the Fisher-vector products (0: all). The subsample cuts the conjugate
     gradient's cost 4-5x; its curvature mispredicts the step's KL (up to 12x late in a run, which the
@@ -107,6 +111,10 @@ class MAMLConfig:
                 "cg_damping": (self.cg_damping >= 0, "must be >= 0"),
                 "line_search_steps": (self.line_search_steps >= 1, "must be >= 1"),
                 "line_search_ratio": (0 < self.line_search_ratio < 1, "must be in (0, 1)"),
+                "line_search_kl_tolerance": (
+                    math.isfinite(self.line_search_kl_tolerance) and self.line_search_kl_tolerance >= 1,
+                    "must be >= 1 (a multiple of max_kl)",
+                ),
                 "fvp_tasks": (self.fvp_tasks >= 0, "must be >= 0"),
                 "fvp_episodes": (self.fvp_episodes >= 0, "must be >= 0"),
                 "fvp_curvature": (self.fvp_curvature in FVP_CURVATURES, f"must be one of {', '.join(FVP_CURVATURES)}"),

@@ -662,6 +662,41 @@ def test_accepted_step_reports_its_kl_and_improvement(step_max_kl: float | None,
     assert metrics["surrogate_improvement"] > 0
 
 
+@pytest.mark.parametrize(("tolerance", "steps"), [(1.0, 2), (1.5, 1)])
+def test_line_search_accepts_a_kl_up_to_the_tolerance_times_max_kl(
+    tolerance: float, steps: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``line_search_kl_tolerance`` widens the line search's bound, not the step: the full step is
+    still scaled to ``max_kl``. With the Fisher of every task its KL overshoots max_kl by a fraction of
+    a percent (third-order terms), so the strict bound halves it and a tolerance of 1.5 takes it."""
+    import agents.maml_trpo as maml_trpo
+
+    bounds: list[float] = []
+    kls: list[float] = []
+    real_search = maml_trpo.backtracking_line_search
+
+    def recording_search(
+        evaluate: Callable[[float], tuple[float, float]], bound: float, *args: object
+    ) -> tuple[float, int]:
+        bounds.append(bound)
+
+        def record(fraction: float) -> tuple[float, float]:
+            improvement, kl = evaluate(fraction)
+            kls.append(kl)
+            return improvement, kl
+
+        return real_search(record, bound, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(maml_trpo, "backtracking_line_search", recording_search)
+    problem = Problem("mlp", inner_lr=0.1, max_kl=1e-6, fvp_tasks=0, cg_damping=0.0, line_search_kl_tolerance=tolerance)
+    metrics = problem.learner.step(problem.pre, problem.post, max_kl=2e-6)
+    assert bounds == [pytest.approx(tolerance * 2e-6, rel=1e-12)]
+    assert metrics["full_step_kl_ratio"] == pytest.approx(kls[0] / 2e-6, rel=1e-12)
+    assert 1.0 < metrics["full_step_kl_ratio"] < 1.02
+    assert metrics["line_search_steps"] == steps and metrics["step_accepted"] == 1.0
+    assert metrics["kl"] == kls[steps - 1]
+
+
 @pytest.mark.parametrize(("fvp_tasks", "pre_kl_weight"), [(0, 0.0), (1, 0.0), (0, 3.0)])
 def test_full_step_kl_ratio_measures_the_quadratic_model(
     fvp_tasks: int, pre_kl_weight: float, monkeypatch: pytest.MonkeyPatch

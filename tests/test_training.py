@@ -242,6 +242,7 @@ def assert_one_line_error(capsys: pytest.CaptureFixture[str], *fragments: str) -
         (["--max-kl-anneal", "10"], ["max-kl-anneal", "10"]),
         (["--init-std", "0"], ["init-std", "0", "> 0"]),
         (["--init-std", "nan"], ["init-std", "nan"]),
+        (["--line-search-kl-tolerance", "0.9"], ["line-search-kl-tolerance", "0.9", ">= 1"]),
     ],
     ids=[
         "unknown-env",
@@ -257,6 +258,7 @@ def assert_one_line_error(capsys: pytest.CaptureFixture[str], *fragments: str) -
         "anneal-length-without-target",
         "zero-init-std",
         "nan-init-std",
+        "kl-tolerance-below-1",
     ],
 )
 def test_bad_arguments_exit_2_with_one_line(
