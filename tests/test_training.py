@@ -397,6 +397,7 @@ def test_presets_set_maml_fields_and_flags_win() -> None:
     dir_config = resolve(parser.parse_args(["--env", "half_cheetah_dir"]))
     maml = dir_config.maml
     assert (maml.gamma, maml.inner_lr, maml.max_kl, maml.line_search_ratio) == (0.95, 0.0167, 0.06, 0.5)
+    assert (dir_config.meta_batch_size, maml.inner_objective) == (20, "lvc")
     assert resolve(parser.parse_args(["--env", "half_cheetah_dir", "--gamma", "0.9"])).maml.gamma == 0.9
     vel = resolve(parser.parse_args(["--env", "half_cheetah_vel"])).maml
     assert (vel.gamma, vel.inner_lr, vel.max_kl, vel.line_search_ratio) == (0.99, 0.0167, 0.06, 0.5)
