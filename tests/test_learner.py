@@ -668,7 +668,7 @@ def test_line_search_accepts_a_kl_up_to_the_tolerance_times_max_kl(
 ) -> None:
     """``line_search_kl_tolerance`` widens the line search's bound, not the step: the full step is
     still scaled to ``max_kl``. With the Fisher of every task its KL overshoots max_kl by a fraction of
-    a percent (third-order terms), so the strict bound halves it and a tolerance of 1.5 takes it."""
+    a percent (third-order terms), so the strict bound backtracks once and a tolerance of 1.5 takes it."""
     import agents.maml_trpo as maml_trpo
 
     bounds: list[float] = []
