@@ -3,7 +3,8 @@ for Fast Adaptation of Deep Networks"; TRPO: Schulman et al. 2015).
 
 Inner loop, per task: a policy-gradient (REINFORCE) loss with advantages from
 GAE on a linear feature baseline fitted to that task's episodes, normalised;
-``num_inner_steps`` gradient steps of size ``inner_lr``. ``inner_objective="lvc"``
+``num_inner_steps`` gradient steps of size ``inner_lr``, or of step sizes meta-learned with the policy
+(``learn_inner_lr``, Meta-SGD). ``inner_objective="lvc"``
 swaps the log-probabilities for probability ratios to the sampling policy
 (ProMP's low-variance curvature: the same inner step, another Hessian). The tasks are batched:
 the parameters are expanded to a leading task axis and one backward pass gives
@@ -29,7 +30,7 @@ from torch import Tensor
 from torch.distributions import kl_divergence
 from torch.nn.utils import vector_to_parameters
 
-from agents.policies import Policy, detached_gaussian
+from agents.policies import Policy, detached_gaussian, is_step_size, step_size_name
 from metarl.baseline import fit_linear_baseline
 from metarl.config import MAMLConfig
 from metarl.episodes import Episodes, Memory, first_slots, gae, normalize
@@ -77,6 +78,16 @@ class MAMLTRPO:
         self.policy = policy
         self.config = config or MAMLConfig()
         self.adapted = set(policy.adapted_names(self.config.adapt))
+        learned = self.config.learn_inner_lr != "fixed"
+        # adapted parameter -> the name of its learned step size
+        self.step_sizes = {k: step_size_name(k) for k in self.adapted} if learned else {}
+        has = {k for k in policy.params() if is_step_size(k)}
+        if has != set(self.step_sizes.values()):
+            raise ValueError(
+                f"learn_inner_lr={self.config.learn_inner_lr!r} needs the policy's learned step sizes of the "
+                f"{self.config.adapt!r} parameters and no others (Policy.learn_step_sizes; agents.factory.make_policy "
+                f"adds them); the policy has {len(has)}"
+            )
 
     # ------------------------------------------------------------ inner loop
     def advantages(self, episodes: Episodes) -> Tensor:
@@ -115,7 +126,7 @@ class MAMLTRPO:
         memory: Memory | None = None,
         num_steps: int | None = None,
         advantages: Tensor | None = None,
-        lr: float | None = None,
+        lr_scale: float = 1.0,
         sampling_log_prob: Tensor | None = None,
     ) -> Params:
         """Per-task fast parameters (leading ``num_tasks`` axis) after the inner steps.
@@ -129,7 +140,7 @@ class MAMLTRPO:
             memory: context for the inner loss (attention policies).
             num_steps: inner steps (default: ``num_inner_steps``).
             advantages: :meth:`advantages` of ``episodes`` if already computed.
-            lr: the inner steps' size (default: ``inner_lr``).
+            lr_scale: the inner steps take this times their size (``inner_lr`` or the learned ones).
             sampling_log_prob: ``inner_objective="lvc"``: the log-probabilities of the episodes' actions
                 under the policy that sampled them (default: under ``params``, detached).
         """
@@ -150,7 +161,7 @@ class MAMLTRPO:
                     part_advantages,
                     steps,
                     create_graph,
-                    lr=lr,
+                    lr_scale=lr_scale,
                     sampling_log_prob=part_sampling,
                 )
             )
@@ -195,22 +206,22 @@ class MAMLTRPO:
         steps: int,
         create_graph: bool,
         trace: list[tuple[Params, Params]] | None = None,
-        lr: float | None = None,
+        lr_scale: float = 1.0,
         sampling_log_prob: Tensor | None = None,
     ) -> Params:
-        """``steps`` inner steps of size ``lr`` (default ``inner_lr``) of one chunk of tasks from ``fast`` (per task).
+        """``steps`` inner steps of one chunk of tasks from ``fast`` (per task), each parameter's of size
+        ``lr_scale`` times ``inner_lr`` or its learned step size (in ``fast``, per task).
 
         With ``inner_objective="lvc"`` every step's loss weighs by the probability over ``sampling_log_prob``'s
         (default: under ``fast``, which sampled the episodes): 1 at the first step, an importance weight later.
 
         With ``trace`` (a list), each step appends its inputs (fresh aliases, so
         that a derivative with respect to them is the partial one of that step)
-        and the inner gradient of *every* parameter with respect to them, kept
-        with its graph: the Hessian-vector products of the inner loss that the
-        Fisher-vector product's ``J v`` needs (:meth:`_fisher_vector_product`).
+        and the inner gradient of every parameter but the step sizes with respect
+        to them, kept with its graph: the Hessian-vector products of the inner
+        loss that the Fisher-vector product's ``J v`` needs (:meth:`_fisher_vector_product`).
         """
         names = [k for k in fast if k in self.adapted]
-        lr = self.config.inner_lr if lr is None else lr
         if advantages is None and steps > 0:
             advantages = self.advantages(episodes)
         if sampling_log_prob is None and self.config.inner_objective == "lvc" and steps > 0:
@@ -220,15 +231,22 @@ class MAMLTRPO:
                 fast = {k: v.view_as(v) for k, v in fast.items()}
             # detached inputs (evaluation) become leaves so the inner gradient exists
             fast = {k: v if v.requires_grad or k not in names else v.detach().requires_grad_() for k, v in fast.items()}
-            wrt = names if trace is None else list(fast)
+            wrt = names if trace is None else [k for k in fast if not is_step_size(k)]
             with torch.enable_grad():
                 loss = self.inner_loss(fast, episodes, memory, advantages, sampling_log_prob).sum()
                 grads = torch.autograd.grad(loss, [fast[k] for k in wrt], create_graph=create_graph)
             gradient = dict(zip(wrt, grads, strict=True))
             if trace is not None:
                 trace.append((fast, gradient))
-            fast = {k: v - lr * gradient[k] if k in names else v for k, v in fast.items()}
+            fast = {
+                k: v - lr_scale * self._step_size(fast, k) * gradient[k] if k in names else v for k, v in fast.items()
+            }
         return fast
+
+    def _step_size(self, params: Params, name: str) -> Tensor | float:
+        """The inner step size of adapted parameter ``name``: ``inner_lr``, or its learned one in ``params``
+        (shaped to broadcast against the parameter, per task where ``params`` are)."""
+        return params[self.step_sizes[name]] if self.step_sizes else self.config.inner_lr
 
     def sampling_log_prob(self, params: Params, episodes: Episodes, memory: Memory | None = None) -> Tensor:
         """Log-probabilities ``[T, B]`` of the episodes' actions under ``params`` (the policy that sampled them)."""
@@ -386,7 +404,9 @@ class MAMLTRPO:
           gradient's graph, which is symmetric); with ``"adapted"`` (or
           ``first_order``) ``J`` is the identity, which gives the Fisher of the
           adapted policies at a fraction of the cost; the line search still checks
-          the exact KL;
+          the exact KL. Learned step sizes ``a`` (``learn_inner_lr``) take each
+          parameter's own in place of ``inner_lr`` and add ``- u_a g``, ``g`` the
+          step's inner gradient, in either curvature (:meth:`_jacobian_step`);
         * ``F (J v)`` as a Gauss-Newton product: the policies' distributions are
           diagonal Gaussians, whose KL's Hessian at zero KL in each step's
           ``(loc, scale)`` is ``diag(1 / scale^2, 2 / scale^2)`` (its Fisher), and
@@ -425,6 +445,9 @@ class MAMLTRPO:
         num_tasks = min(cfg.fvp_tasks or pre.num_tasks, pre.num_tasks)
         steps = cfg.num_inner_steps if inner_steps is None else inner_steps
         exact = cfg.fvp_curvature == "exact" and not cfg.first_order
+        # J v takes each step's inputs and inner gradient: through H (exact) and through learned step sizes
+        traced = exact or bool(self.step_sizes)
+        loss_names = [k for k in names if not is_step_size(k)]
         # per chunk: (number of tasks, inner-loop trace, adapted parameters, the adapted policies' Fisher on the
         # post-adaptation episodes, the meta-policy's on the pre-adaptation ones where pre_kl_weight counts it)
         chunks = []
@@ -439,7 +462,7 @@ class MAMLTRPO:
                 if part_sampling is not None:
                     part_sampling = first_slots(part_sampling, part_pre.num_tasks, count)
                 part_pre, part_post = part_pre.first(count), part_post.first(count)
-            trace: list[tuple[Params, Params]] | None = [] if exact else None
+            trace: list[tuple[Params, Params]] | None = [] if traced else None
             fast = self._inner_steps(
                 expand_params(params, size),
                 part_pre,
@@ -464,17 +487,30 @@ class MAMLTRPO:
             for size, steps_trace, fast, post_fisher, pre_fisher in chunks:
                 u = {k: pieces[k].view_as(params[k]).expand(size, *params[k].shape) for k in names}
                 for inputs, gradient in steps_trace:  # J v
-                    hu = _backward([gradient[k] for k in names], [inputs[k] for k in names], [u[k] for k in names])
-                    u = {
-                        k: u[k] - cfg.inner_lr * h if k in self.adapted else u[k]
-                        for k, h in zip(names, hu, strict=True)
-                    }
+                    u = self._jacobian_step(u, inputs, gradient, loss_names, exact)
                 total = total + flatten(_backward([fast[k] for k in names], theta, post_fisher.product(u)))
                 if pre_fisher is not None:
                     total = total + flatten(pre_fisher.product({k: pieces[k].view_as(params[k]) for k in names}))
             return total
 
         return product
+
+    def _jacobian_step(self, u: Params, inputs: Params, gradient: Params, loss_names: list[str], exact: bool) -> Params:
+        """One inner step's Jacobian times ``u`` (per task): ``phi = theta - a * g(theta)`` moves by
+        ``u - a H u`` (``H u`` the inner loss's Hessian-vector product, a backward pass through the
+        gradient's graph; only where ``exact``) ``- u_a g`` (where the step sizes ``a`` are learned)."""
+        out = dict(u)
+        if exact:
+            products = _backward(
+                [gradient[k] for k in loss_names], [inputs[k] for k in loss_names], [u[k] for k in loss_names]
+            )
+            sizes = detached(inputs)
+            for k, hu in zip(loss_names, products, strict=True):
+                if k in self.adapted:
+                    out[k] = out[k] - self._step_size(sizes, k) * hu
+        for k, size in self.step_sizes.items():
+            out[k] = out[k] - u[size] * gradient[k].detach()
+        return out
 
 
 def _backward(outputs: list[Tensor], inputs: list[Tensor], vectors: list[Tensor]) -> list[Tensor]:

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.distributions import Independent, Normal
 
-from metarl.config import ACTIVATIONS, ADAPT_SCOPES
+from metarl.config import ACTIVATIONS, ADAPT_SCOPES, STEP_SIZE_SHAPES
 from metarl.episodes import Episodes, Memory
 from metarl.params import Params
 
@@ -57,6 +57,20 @@ def detached_gaussian(dist: Independent) -> Independent:
     return Independent(Normal(dist.base_dist.loc.detach(), dist.base_dist.scale.detach()), 1)
 
 
+STEP_SIZES = "inner_lr"
+"""Module name of a policy's learned inner step sizes (:meth:`Policy.learn_step_sizes`)."""
+
+
+def step_size_name(name: str) -> str:
+    """The parameter name of the learned inner step size of parameter ``name``."""
+    return f"{STEP_SIZES}.{name.replace('.', '-')}"
+
+
+def is_step_size(name: str) -> bool:
+    """Whether parameter ``name`` is a learned inner step size (not an input of the policy's output)."""
+    return name.startswith(f"{STEP_SIZES}.")
+
+
 def task_view(x: Tensor, num_tasks: int) -> Tensor:
     """``[..., B, F] -> [num_tasks, ..., B // num_tasks, F]`` (slots task-major), contiguous.
 
@@ -89,11 +103,28 @@ class Policy(nn.Module, abc.ABC):
         """The module's parameters as a dict (live tensors, for the outer optimiser)."""
         return dict(self.named_parameters())
 
+    def learn_step_sizes(self, scope: str, value: float, shape: str) -> None:
+        """Meta-SGD (Li et al. 2017): add a learned inner step size, initially ``value``, for each
+        parameter the inner loop adapts for ``scope``: one per tensor (``shape="tensor"``, stored with
+        as many unit axes as the tensor, so that it broadcasts per task) or one per element
+        (``"element"``). They are parameters of the module (saved, moved and meta-trained with it) that
+        no output depends on; the learner steps each parameter by its own sizes."""
+        if shape not in STEP_SIZE_SHAPES[1:]:
+            raise ValueError(f"unknown step-size shape {shape!r}; valid: {', '.join(STEP_SIZE_SHAPES[1:])}")
+        if any(is_step_size(n) for n in self.params()):
+            raise ValueError(f"{type(self).__name__} already has learned step sizes")
+        sizes = {}
+        for name in self.adapted_names(scope):
+            like = self.params()[name]
+            size = like.shape if shape == "element" else (1,) * like.dim()
+            sizes[step_size_name(name).split(".", 1)[1]] = nn.Parameter(like.new_full(size, float(value)))
+        self.add_module(STEP_SIZES, nn.ParameterDict(sizes))
+
     def adapted_names(self, scope: str) -> list[str]:
-        """Names of the parameters the inner loop adapts for ``scope``."""
+        """Names of the parameters the inner loop adapts for ``scope`` (never the learned step sizes)."""
         if scope not in ADAPT_SCOPES:
             raise ValueError(f"unknown adaptation scope {scope!r}; valid: {', '.join(ADAPT_SCOPES)}")
-        names = list(self.params())
+        names = [n for n in self.params() if not is_step_size(n)]
         if scope == "all":
             return names
         context = [n for n in names if self.is_context_parameter(n)]

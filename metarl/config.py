@@ -20,6 +20,7 @@ from typing import Any
 FVP_CURVATURES = ("adapted", "exact")
 INNER_OBJECTIVES = ("reinforce", "lvc")
 ADAPT_SCOPES = ("all", "head", "context")
+STEP_SIZE_SHAPES = ("fixed", "tensor", "element")
 POLICIES = ("attention", "mlp")
 ACTIVATIONS = ("tanh", "relu")
 DEVICES = ("auto", "cpu", "cuda")
@@ -30,7 +31,11 @@ class MAMLConfig:
     """Knobs of MAML-TRPO; defaults are pytorch-maml-rl's (Deleu 2018) for MuJoCo."""
 
     inner_lr: float = 0.1
-    """Step size of the inner policy-gradient steps."""
+    """Step size of the inner policy-gradient steps (with learned step sizes: their initial value)."""
+    learn_inner_lr: str = "fixed"
+    """Inner step sizes: fixed (inner_lr, as MAML) or meta-learned with the policy (Meta-SGD, Li et al.
+    2017): one per adapted parameter tensor (tensor) or per parameter (element), starting at inner_lr.
+    TRPO steps them with the policy, in the same trust region; evaluation adapts with them."""
     num_inner_steps: int = 1
     """Inner gradient steps per task."""
     first_order: bool = False
@@ -92,6 +97,10 @@ class MAMLConfig:
             self,
             {
                 "inner_lr": (self.inner_lr >= 0, "must be >= 0"),
+                "learn_inner_lr": (
+                    self.learn_inner_lr in STEP_SIZE_SHAPES,
+                    f"must be one of {', '.join(STEP_SIZE_SHAPES)}",
+                ),
                 "num_inner_steps": (self.num_inner_steps >= 1, "must be >= 1"),
                 "inner_objective": (
                     self.inner_objective in INNER_OBJECTIVES,

@@ -185,7 +185,7 @@ def adaptation_steps(
 
     Step k samples ``episodes_per_task`` episodes per task with the parameters
     (and memory) of step k, then takes one inner gradient step on them, of the
-    learner's ``inner_lr`` for the first and ``later_lr_scale`` times that for the
+    learner's step size (``inner_lr``, or its learned ones) for the first and ``later_lr_scale`` times that for the
     others (the MAML paper's evaluation halves it: Finn et al. 2017, appendix A.2);
     context policies get the memory of those episodes. Every step samples with the same
     seeds (initial states and action noise): common random numbers, so results
@@ -200,8 +200,10 @@ def adaptation_steps(
         yield params, memory, episodes
         if step < num_steps:
             # on-policy: the inner loss sees the episodes with the memory they were sampled with
-            lr = learner.config.inner_lr * (later_lr_scale if step else 1.0)
-            params = detached(learner.adapt(episodes, params, create_graph=False, memory=memory, num_steps=1, lr=lr))
+            scale = later_lr_scale if step else 1.0
+            params = detached(
+                learner.adapt(episodes, params, create_graph=False, memory=memory, num_steps=1, lr_scale=scale)
+            )
             if policy.uses_context:
                 memory = build_memory(episodes, memory_size, generator)
 

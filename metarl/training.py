@@ -186,6 +186,9 @@ class MetaTrainer:
             "speed/env_steps_per_s": count / sampling,
             "inner/step_norm": float(moved.sqrt().mean()),
         }
+        if self.learner.step_sizes:  # learned inner step sizes: their mean over every adapted parameter
+            sizes = [theta[k].detach().expand_as(theta[p]) for p, k in self.learner.step_sizes.items()]
+            stats["inner/step_size"] = float(torch.cat([s.reshape(-1) for s in sizes]).mean())
         return Collected(pre, post, memory, steps, stats, fast)
 
     def step(self) -> dict[str, float]:

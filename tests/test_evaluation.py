@@ -115,16 +115,41 @@ def test_later_lr_scale_sets_the_size_of_the_steps_after_the_first() -> None:
     for (params, _, _), (same, _, _) in zip(steps[:2], plain[:2], strict=True):  # before and after the first step
         assert all(torch.equal(params[k], same[k]) for k in params)
     first, episodes = steps[1][0], steps[1][2]
-    expected = learner.adapt(episodes, first, create_graph=False, num_steps=1, lr=0.25)
+    expected = learner.adapt(episodes, first, create_graph=False, num_steps=1, lr_scale=0.5)
     other = steps[2][0]
     for k in other:
         torch.testing.assert_close(other[k], expected[k].detach(), rtol=0, atol=0)
     assert max(float((other[k] - plain[2][0][k]).abs().max()) for k in other) > 1e-4
-    # adapt's lr is the inner step's size: lr=x equals a learner whose inner_lr is x
+    # adapt's lr_scale multiplies the inner step's size: 0.5 at inner_lr 0.5 equals a learner whose inner_lr is 0.25
     _, _, quarter = _policy_and_learner(0.25)
     quarter.policy.load_state_dict(policy.state_dict())
     via_config = quarter.adapt(episodes, first, create_graph=False, num_steps=1)
     assert all(torch.equal(via_config[k], expected[k]) for k in expected)
+
+
+def test_evaluation_adapts_with_the_learned_step_sizes() -> None:
+    """``learn_inner_lr``: each parameter steps by its own learned size (times ``later_lr_scale`` after the
+    first step), not by ``inner_lr``; sizes all equal to x step as a fixed inner_lr of x."""
+    family, policy, fixed = _policy_and_learner(0.25)
+    tasks = family.test_tasks()[:2]
+    cpu = torch.device("cpu")
+    learned_policy = GaussianMLPPolicy(2, 2, hidden_sizes=(16,))
+    learned_policy.learn_step_sizes("all", 0.25, "element")
+    learned_policy.load_state_dict(policy.state_dict(), strict=False)
+    learned = MAMLTRPO(learned_policy, MAMLConfig(inner_lr=0.9, learn_inner_lr="element"))
+    plain = list(adaptation_steps(family, policy, fixed, tasks, 2, 2, 8, 4, cpu, later_lr_scale=0.5))
+    same = list(adaptation_steps(family, learned_policy, learned, tasks, 2, 2, 8, 4, cpu, later_lr_scale=0.5))
+    for (params, _, _), (other, _, _) in zip(plain, same, strict=True):
+        for k in params:
+            torch.testing.assert_close(other[k], params[k], rtol=1e-6, atol=1e-7)
+    with torch.no_grad():  # one layer's sizes doubled: only that layer moves differently
+        learned_policy.params()["inner_lr.layers-0-weight"].mul_(2.0)
+    moved = list(adaptation_steps(family, learned_policy, learned, tasks, 1, 2, 8, 4, cpu))
+    before, after = moved[0][0], moved[1][0]
+    expected = plain[0][0]["layers.0.weight"] + 2.0 * (plain[1][0]["layers.0.weight"] - plain[0][0]["layers.0.weight"])
+    torch.testing.assert_close(after["layers.0.weight"], expected, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(after["layers.1.weight"], plain[1][0]["layers.1.weight"], rtol=1e-6, atol=1e-7)
+    assert all(torch.equal(before[k], plain[0][0][k]) for k in plain[0][0])
 
 
 @pytest.fixture(scope="module")

@@ -43,7 +43,7 @@ from agents.maml_trpo import (
     policy_gradient_advantages,
     task_step_weights,
 )
-from agents.policies import GaussianMLPPolicy, Params, Policy
+from agents.policies import GaussianMLPPolicy, Params, Policy, is_step_size
 from metarl.baseline import baseline_features, fit_linear_baseline
 from metarl.config import MAMLConfig, TrainConfig
 from metarl.episodes import Episodes, Memory, build_memory, discounted_returns, gae, transition_features
@@ -110,6 +110,14 @@ class Problem:
     def __init__(self, kind: str = "mlp", inner_lr: float = 0.5, **config: object) -> None:
         self.kind = kind
         self.policy = make_policy(kind)
+        shape = str(config.get("learn_inner_lr", "fixed"))
+        if shape != "fixed":  # learned step sizes, spread around inner_lr so that each one matters
+            self.policy.learn_step_sizes(str(config.get("adapt", "all")), inner_lr, shape)
+            generator = torch.Generator().manual_seed(11)
+            with torch.no_grad():
+                for name, value in self.policy.params().items():
+                    if is_step_size(name):
+                        value.mul_(0.5 + torch.rand(value.shape, generator=generator, dtype=value.dtype))
         self.learner = MAMLTRPO(self.policy, MAMLConfig(inner_lr=inner_lr, **config))  # type: ignore[arg-type]
         self.pre = random_episodes(2, 3, 7, seed=1)
         self.post = random_episodes(2, 3, 7, seed=2)
@@ -148,13 +156,25 @@ def central_difference(f: Callable[[Tensor], Tensor], x: Tensor, direction: Tens
 # ---------------------------------------------------------------------------- 1. meta-gradient
 
 
-@pytest.mark.parametrize("kind", [*POLICY_KINDS, "mlp_relu"])
-def test_second_order_meta_gradient_equals_finite_differences(kind: str) -> None:
-    problem = Problem(kind)
+@pytest.mark.parametrize(
+    ("kind", "step_sizes"),
+    [
+        *[(kind, "fixed") for kind in (*POLICY_KINDS, "mlp_relu")],
+        # Meta-SGD: the step sizes' gradient too (their coordinates are among those checked)
+        ("mlp", "tensor"),
+        ("mlp", "element"),
+        ("attention", "element"),
+    ],
+)
+def test_second_order_meta_gradient_equals_finite_differences(kind: str, step_sizes: str) -> None:
+    problem = Problem(kind, learn_inner_lr=step_sizes)
     theta = problem.theta()
     leaf = theta.clone().requires_grad_(True)
     (gradient,) = torch.autograd.grad(problem.objective(problem.unflatten(leaf), create_graph=True), leaf)
     assert torch.isfinite(gradient).all()
+    learned = problem.unflatten(gradient)
+    for name in (k for k in problem.names if is_step_size(k)):  # every learned step size shapes the objective
+        assert float(learned[name].abs().min()) > 0.0, name
 
     # Coordinates: the largest |g| of every parameter tensor, plus a random direction.
     coordinates, start = [], 0
@@ -168,6 +188,39 @@ def test_second_order_meta_gradient_equals_finite_differences(kind: str) -> None
         analytic = float(gradient @ direction)
         numeric = central_difference(problem.objective_of_vector, theta, direction)
         assert abs(analytic - numeric) <= 1e-6 * max(abs(analytic), 1e-3), (analytic, numeric)
+
+
+def test_learned_step_sizes_need_the_policys_and_step_each_parameter_by_its_own() -> None:
+    """``learn_inner_lr``: the learner refuses a policy without (or with other) step sizes; the inner step
+    moves each adapted parameter by its own sizes, and the policy's other outputs ignore them."""
+    policy = make_policy("mlp")
+    with pytest.raises(ValueError, match="learned step sizes"):
+        MAMLTRPO(policy, MAMLConfig(learn_inner_lr="tensor"))
+    policy.learn_step_sizes("all", 0.5, "element")
+    with pytest.raises(ValueError, match="learned step sizes"):
+        MAMLTRPO(policy, MAMLConfig())
+    with pytest.raises(ValueError, match="already has"):
+        policy.learn_step_sizes("all", 0.5, "tensor")
+    problem = Problem("attention", learn_inner_lr="element", adapt="head")
+    learner, pre = problem.learner, problem.pre
+    theta = leaf_params(problem.policy)
+    names = sorted(learner.step_sizes)
+    assert names and not any(problem.policy.is_context_parameter(k) for k in names)
+    fast = learner.adapt(pre, theta, create_graph=False)
+    first_task_loss = learner.inner_loss(expand_params(theta, pre.num_tasks), pre)[0]
+    for name, value in fast.items():
+        if name in learner.step_sizes:  # task 0: its own inner loss's gradient, times each element's size
+            (gradient,) = torch.autograd.grad(first_task_loss, theta[name], retain_graph=True)
+            expected = theta[name] - theta[learner.step_sizes[name]] * gradient
+            torch.testing.assert_close(value[0], expected.detach(), rtol=1e-10, atol=1e-12)
+        else:  # context encoder and the step sizes themselves: not adapted
+            assert torch.equal(value[0], theta[name].detach())
+    params = problem.policy.params()
+    with torch.no_grad():
+        before = problem.policy.episode_distribution(params, pre).mean
+        for name in names:
+            params[learner.step_sizes[name]].mul_(3.0)
+        assert torch.equal(problem.policy.episode_distribution(params, pre).mean, before)
 
 
 @pytest.mark.parametrize("kind", POLICY_KINDS)
@@ -389,28 +442,54 @@ def test_batched_adaptation_equals_a_loop_over_tasks(kind: str, num_inner_steps:
 
 
 @pytest.mark.parametrize(
-    ("kind", "curvature", "first_order", "num_inner_steps", "task_chunk", "adapt", "objective", "pre_kl_weight"),
+    (
+        "kind",
+        "curvature",
+        "first_order",
+        "num_inner_steps",
+        "task_chunk",
+        "adapt",
+        "objective",
+        "pre_kl_weight",
+        "step_sizes",
+    ),
     [
-        ("mlp", "exact", False, 1, 0, "all", "reinforce", 0.0),
-        ("mlp", "exact", False, 1, 1, "all", "reinforce", 0.0),  # one chunk per task: the chunks' products add up
-        ("mlp", "exact", False, 2, 0, "all", "reinforce", 0.0),
+        ("mlp", "exact", False, 1, 0, "all", "reinforce", 0.0, "fixed"),
+        (
+            "mlp",
+            "exact",
+            False,
+            1,
+            1,
+            "all",
+            "reinforce",
+            0.0,
+            "fixed",
+        ),  # one chunk per task: the chunks' products add up
+        ("mlp", "exact", False, 2, 0, "all", "reinforce", 0.0, "fixed"),
         # ReLU: the inner loss's Hessian has no activation term
-        ("mlp_relu", "exact", False, 2, 0, "all", "reinforce", 0.0),
-        ("mlp", "adapted", False, 1, 0, "all", "reinforce", 0.0),
+        ("mlp_relu", "exact", False, 2, 0, "all", "reinforce", 0.0, "fixed"),
+        ("mlp", "adapted", False, 1, 0, "all", "reinforce", 0.0, "fixed"),
         # first order: the exact curvature falls back to the adapted one
-        ("mlp", "exact", True, 1, 0, "all", "reinforce", 0.0),
-        ("attention", "exact", False, 1, 0, "all", "reinforce", 0.0),
-        ("attention", "exact", False, 1, 1, "all", "reinforce", 0.0),
-        ("attention", "adapted", False, 1, 0, "all", "reinforce", 0.0),
+        ("mlp", "exact", True, 1, 0, "all", "reinforce", 0.0, "fixed"),
+        ("attention", "exact", False, 1, 0, "all", "reinforce", 0.0, "fixed"),
+        ("attention", "exact", False, 1, 1, "all", "reinforce", 0.0, "fixed"),
+        ("attention", "adapted", False, 1, 0, "all", "reinforce", 0.0, "fixed"),
         # the context encoder is not adapted but shapes every step's inner gradient
-        ("attention", "exact", False, 2, 0, "head", "reinforce", 0.0),
-        ("attention", "exact", False, 2, 0, "context", "reinforce", 0.0),
+        ("attention", "exact", False, 2, 0, "head", "reinforce", 0.0, "fixed"),
+        ("attention", "exact", False, 2, 0, "context", "reinforce", 0.0, "fixed"),
         # LVC: J v through the inner loss's LVC Hessian
-        ("mlp", "exact", False, 2, 0, "all", "lvc", 0.0),
-        ("attention", "exact", False, 1, 1, "all", "lvc", 0.0),
+        ("mlp", "exact", False, 2, 0, "all", "lvc", 0.0, "fixed"),
+        ("attention", "exact", False, 1, 1, "all", "lvc", 0.0, "fixed"),
         # the meta-policy's own KL on pre in the trust region: its Fisher added to each chunk's product
-        ("mlp", "exact", False, 1, 1, "all", "reinforce", 0.7),
-        ("attention", "exact", False, 2, 0, "head", "reinforce", 0.7),
+        ("mlp", "exact", False, 1, 1, "all", "reinforce", 0.7, "fixed"),
+        ("attention", "exact", False, 2, 0, "head", "reinforce", 0.7, "fixed"),
+        # learned step sizes (Meta-SGD): J v adds - u_a g, in the exact and the adapted curvature
+        ("mlp", "exact", False, 2, 0, "all", "reinforce", 0.0, "element"),
+        ("mlp", "adapted", False, 1, 0, "all", "reinforce", 0.0, "element"),
+        ("mlp", "exact", True, 1, 0, "all", "reinforce", 0.0, "tensor"),
+        ("attention", "exact", False, 1, 1, "head", "lvc", 0.0, "tensor"),
+        ("attention", "exact", False, 2, 0, "context", "reinforce", 0.7, "element"),
     ],
 )
 def test_fisher_vector_product_equals_kl_hessian(
@@ -422,6 +501,7 @@ def test_fisher_vector_product_equals_kl_hessian(
     adapt: str,
     objective: str,
     pre_kl_weight: float,
+    step_sizes: str,
 ) -> None:
     problem = Problem(
         kind,
@@ -434,6 +514,7 @@ def test_fisher_vector_product_equals_kl_hessian(
         adapt=adapt,
         inner_objective=objective,
         pre_kl_weight=pre_kl_weight,
+        learn_inner_lr=step_sizes,
     )
     learner, policy, pre, post, memory = problem.learner, problem.policy, problem.pre, problem.post, problem.memory
     through_inner_loop = curvature == "exact" and not first_order

@@ -34,6 +34,7 @@ from metarl.config import MAMLConfig, TrainConfig, resolve
 from metarl.evaluation import training_cost
 from metarl.sampling import sample
 from metarl.training import CHECKPOINT, MetaTrainer
+from scripts.runs import load_run
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "meta_train.py"
@@ -243,6 +244,7 @@ def assert_one_line_error(capsys: pytest.CaptureFixture[str], *fragments: str) -
         (["--init-std", "0"], ["init-std", "0", "> 0"]),
         (["--init-std", "nan"], ["init-std", "nan"]),
         (["--line-search-kl-tolerance", "0.9"], ["line-search-kl-tolerance", "0.9", ">= 1"]),
+        (["--learn-inner-lr", "scalar"], ["learn-inner-lr", "scalar", "fixed", "tensor", "element"]),
     ],
     ids=[
         "unknown-env",
@@ -259,6 +261,7 @@ def assert_one_line_error(capsys: pytest.CaptureFixture[str], *fragments: str) -
         "zero-init-std",
         "nan-init-std",
         "kl-tolerance-below-1",
+        "unknown-learn-inner-lr",
     ],
 )
 def test_bad_arguments_exit_2_with_one_line(
@@ -475,6 +478,27 @@ def test_meta_train_with_the_lvc_inner_objective_and_the_pre_kl(tmp_path: Path, 
     assert (maml["inner_objective"], maml["pre_kl_weight"]) == ("lvc", 1.0)
     (row,) = metric_rows(run)
     assert row["trpo/step_accepted"] == "1.0" and 0.0 < float(row["trpo/pre_kl"]) < float(row["trpo/kl"])
+
+
+@pytest.mark.parametrize(("policy", "shape"), [("mlp", "element"), ("attention", "tensor")])
+def test_learned_step_sizes_train_resume_and_evaluate(tmp_path: Path, policy: str, shape: str) -> None:
+    """``--learn-inner-lr``: the step sizes are saved with the policy, TRPO moves them, a resumed run equals an
+    uninterrupted one, ``inner/step_size`` logs their mean, and a restored run adapts with them."""
+    flags = ["--policy", policy, "--learn-inner-lr", shape, "--inner-lr", "0.05"]
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    assert meta_train.main([*tiny_args(straight, iterations=2), *flags]) == 0
+    assert meta_train.main([*tiny_args(resumed, iterations=1), *flags]) == 0
+    assert meta_train.main(["--resume", str(resumed), "--iterations", "2", "--no-progress"]) == 0
+    a, b = checkpoint.load(straight / CHECKPOINT), checkpoint.load(resumed / CHECKPOINT)
+    assert same_tensors(a["policy"], b["policy"])
+    sizes = {k: v for k, v in a["policy"].items() if k.startswith("inner_lr.")}
+    assert sizes and "inner_lr.log_std" in sizes
+    assert any(not torch.allclose(v, torch.full_like(v, 0.05)) for v in sizes.values()), "TRPO left them alone"
+    rows = metric_rows(straight)
+    assert float(rows[0]["inner/step_size"]) == pytest.approx(0.05)
+    assert float(rows[1]["inner/step_size"]) != pytest.approx(0.05, rel=1e-6)
+    trainer, _ = load_run(straight, device="cpu")
+    assert trainer.learner.step_sizes and all(torch.equal(trainer.policy.params()[k], v) for k, v in sizes.items())
 
 
 @pytest.mark.gpu
