@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.distributions import Independent, Normal
 
-from metarl.config import ACTIVATIONS, ADAPT_SCOPES, STEP_SIZE_SHAPES
+from metarl.config import ACTIVATIONS, ADAPT_SCOPES, LEARNED_STEP_SIZES
 from metarl.episodes import Episodes, Memory
 from metarl.params import Params
 
@@ -109,8 +109,8 @@ class Policy(nn.Module, abc.ABC):
         as many unit axes as the tensor, so that it broadcasts per task) or one per element
         (``"element"``). They are parameters of the module (saved, moved and meta-trained with it) that
         no output depends on; the learner steps each parameter by its own sizes."""
-        if shape not in STEP_SIZE_SHAPES[1:]:
-            raise ValueError(f"unknown step-size shape {shape!r}; valid: {', '.join(STEP_SIZE_SHAPES[1:])}")
+        if shape not in LEARNED_STEP_SIZES:
+            raise ValueError(f"unknown step-size shape {shape!r}; valid: {', '.join(LEARNED_STEP_SIZES)}")
         if any(is_step_size(n) for n in self.params()):
             raise ValueError(f"{type(self).__name__} already has learned step sizes")
         sizes = {}

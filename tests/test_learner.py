@@ -201,6 +201,8 @@ def test_learned_step_sizes_need_the_policys_and_step_each_parameter_by_its_own(
         MAMLTRPO(policy, MAMLConfig())
     with pytest.raises(ValueError, match="already has"):
         policy.learn_step_sizes("all", 0.5, "tensor")
+    with pytest.raises(ValueError, match="valid: tensor, element"):
+        make_policy("mlp").learn_step_sizes("all", 0.5, "fixed")
     problem = Problem("attention", learn_inner_lr="element", adapt="head")
     learner, pre = problem.learner, problem.pre
     theta = leaf_params(problem.policy)
