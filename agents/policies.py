@@ -61,9 +61,14 @@ STEP_SIZES = "inner_lr"
 """Module name of a policy's learned inner step sizes (:meth:`Policy.learn_step_sizes`)."""
 
 
+def _step_size_key(name: str) -> str:
+    """The key of parameter ``name``'s learned step size in the policy's ``inner_lr`` parameter dict."""
+    return name.replace(".", "-")
+
+
 def step_size_name(name: str) -> str:
     """The parameter name of the learned inner step size of parameter ``name``."""
-    return f"{STEP_SIZES}.{name.replace('.', '-')}"
+    return f"{STEP_SIZES}.{_step_size_key(name)}"
 
 
 def is_step_size(name: str) -> bool:
@@ -111,13 +116,14 @@ class Policy(nn.Module, abc.ABC):
         no output depends on; the learner steps each parameter by its own sizes."""
         if shape not in LEARNED_STEP_SIZES:
             raise ValueError(f"unknown step-size shape {shape!r}; valid: {', '.join(LEARNED_STEP_SIZES)}")
-        if any(is_step_size(n) for n in self.params()):
+        params = self.params()
+        if any(is_step_size(n) for n in params):
             raise ValueError(f"{type(self).__name__} already has learned step sizes")
         sizes = {}
         for name in self.adapted_names(scope):
-            like = self.params()[name]
+            like = params[name]
             size = like.shape if shape == "element" else (1,) * like.dim()
-            sizes[step_size_name(name).split(".", 1)[1]] = nn.Parameter(like.new_full(size, float(value)))
+            sizes[_step_size_key(name)] = nn.Parameter(like.new_full(size, float(value)))
         self.add_module(STEP_SIZES, nn.ParameterDict(sizes))
 
     def adapted_names(self, scope: str) -> list[str]:
