@@ -149,13 +149,16 @@ def policy_name(config: dict[str, Any]) -> str:
 
 def run_name(report: dict[str, Any]) -> str:
     """:func:`policy_name` of an evaluation report's run, its inner steps' sizes where they were not
-    all the run's (``evaluate.py --later-lr-scale``), its action clipping where that was not the run's
+    all the run's (``evaluate.py --later-lr-scale``), its episodes per inner step where they were not
+    the run's (``evaluate.py --episodes-per-task``), its action clipping where that was not the run's
     (``evaluate.py --[no-]clip-actions``), and which checkpoint it evaluated where that was not the
     last (``evaluate.py --checkpoint best`` or a numbered one)."""
     name = policy_name(report["config"])
     scale = report.get("later_lr_scale", 1.0)
     if scale != 1.0:
         name = f"{name}, later-lr-scale {scale:g}"
+    if not _own_episodes_per_step(report):
+        name = f"{name}, evaluated with episodes-per-task {report['episodes_per_step']}"
     clip = report.get("clip_actions", report["config"].get("clip_actions", False))
     if clip != report["config"].get("clip_actions", False):
         name = f"{name}, evaluated {'with' if clip else 'without'} clip-actions"
@@ -163,6 +166,12 @@ def run_name(report: dict[str, Any]) -> str:
         return f"{name}, best checkpoint"
     checkpoint = report.get("checkpoint", CHECKPOINT)
     return name if checkpoint == CHECKPOINT else f"{name}, {checkpoint}"
+
+
+def _own_episodes_per_step(report: dict[str, Any]) -> bool:
+    """Whether an evaluation report's inner steps took the run's episodes per task."""
+    episodes = report["config"]["episodes_per_task"]
+    return report.get("episodes_per_step", episodes) == episodes
 
 
 def row_label(kind: str, name: str) -> str:
@@ -338,9 +347,9 @@ def entries(report: dict[str, Any]) -> dict[tuple[str, str], Entry]:
             source,
         )
     }
-    # the context curve takes no gradient step: a report with the later steps rescaled would repeat
-    # the plain report's context row under another name
-    if "context" in episodes and report.get("later_lr_scale", 1.0) == 1.0:
+    # the context curve takes no gradient step: a report with the later steps rescaled or another number
+    # of episodes per step would repeat the plain report's context row under another name
+    if "context" in episodes and report.get("later_lr_scale", 1.0) == 1.0 and _own_episodes_per_step(report):
         context = _values(None, episodes["context"])
         first = _point(episodes["context"], 1)
         if first is not None:

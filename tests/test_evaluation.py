@@ -225,6 +225,7 @@ def test_evaluate_writes_consistent_json(tiny_run: Path, tmp_path: Path) -> None
     assert report["iteration"] == 1 and report["split"] == "test" and len(report["tasks"]) == 40
     assert (report["checkpoint"], report["checkpoint_selection"]) == ("checkpoint.pt", "last")
     assert report["later_lr_scale"] == 1.0  # every inner step at the run's inner lr unless asked
+    assert results.run_name(report) == results.policy_name(report["config"])  # the run's episodes per step
     steps = report["by_gradient_steps"]
     assert steps["x"] == [0, 1] and np.asarray(steps["per_task"]).shape == (2, 40)
     np.testing.assert_allclose(steps["mean"], np.mean(steps["per_task"], axis=1))
@@ -279,28 +280,36 @@ def test_evaluate_best_checkpoint_is_recorded_and_gets_its_own_row(tiny_run: Pat
     assert evaluate.main([*argv, "--json", str(out)]) == 0
     report = json.loads(out.read_text())
     assert report["checkpoint"] == best_checkpoint(tiny_run) and report["checkpoint_selection"] == BEST_SELECTION
-    assert results.run_name(report) == f"{results.policy_name(report['config'])}, best checkpoint"
+    fewer = "evaluated with episodes-per-task 1"  # the run took 2 per step: a row of its own
+    assert results.run_name(report) == f"{results.policy_name(report['config'])}, {fewer}, best checkpoint"
 
 
-def test_evaluate_later_lr_scale_is_recorded_and_gets_its_own_row(tiny_run: Path, tmp_path: Path) -> None:
-    argv = [str(tiny_run), "--steps", "2", "--episodes", "0", "--episodes-per-task", "1"]
+def test_evaluate_later_lr_scale_and_episodes_per_task_get_their_own_rows(tiny_run: Path, tmp_path: Path) -> None:
+    argv = [str(tiny_run), "--steps", "2", "--episodes", "0"]
     reports = []
-    for name, extra in (("plain", []), ("half", ["--later-lr-scale", "0.5"])):
+    for name, extra in (
+        ("plain", ["--episodes-per-task", "2"]),  # the run's
+        ("half", ["--episodes-per-task", "2", "--later-lr-scale", "0.5"]),
+        ("fewer", ["--episodes-per-task", "1"]),
+    ):
         assert evaluate.main([*argv, *extra, "--json", str(tmp_path / f"{name}.json")]) == 0
         reports.append(json.loads((tmp_path / f"{name}.json").read_text()))
-    plain, half = reports
+    plain, half, fewer = reports
     assert (plain["later_lr_scale"], half["later_lr_scale"]) == (1.0, 0.5)
     steps = [np.asarray(r["by_gradient_steps"]["per_task"]) for r in reports]
     np.testing.assert_array_equal(steps[0][:2], steps[1][:2])  # the first step is the run's inner lr either way
     assert np.abs(steps[0][2] - steps[1][2]).max() > 0
-    assert results.run_name(plain) == results.policy_name(plain["config"])
-    assert results.run_name(half) == f"{results.policy_name(half['config'])}, later-lr-scale 0.5"
+    name = results.policy_name(plain["config"])
+    assert results.run_name(plain) == name
+    assert results.run_name(half) == f"{name}, later-lr-scale 0.5"
+    assert results.run_name(fewer) == f"{name}, evaluated with episodes-per-task 1"
     context = {"x": [1, 2], "mean": [-2.0, -1.0], "ci95_low": [-3.0, -2.0], "ci95_high": [-1.0, 0.0]}
-    plain_rows, half_rows = (
+    plain_rows, half_rows, fewer_rows = (
         results.entries({**results.complete(r, 100), "by_episodes": {"context": context}}) for r in reports
     )
     assert [kind for kind, _ in plain_rows] == ["maml", "context"]
-    assert [kind for kind, _ in half_rows] == ["maml"]  # its context row would repeat the plain one's
+    # their context rows (no gradient step) would repeat the plain one's under another name
+    assert [kind for kind, _ in half_rows] == [kind for kind, _ in fewer_rows] == ["maml"]
 
 
 @pytest.mark.parametrize(
