@@ -16,7 +16,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from metarl.episodes import Memory
 from metarl.sampling import BatchedEnv
+from metarl.training import torch_threads
 
 
 def rss_bytes() -> int:
@@ -103,15 +105,22 @@ def batched_rate(sim: BatchedEnv, policy: Callable[[np.ndarray], np.ndarray], se
 
 
 def policy_step_seconds(
-    policy: Any, params: dict[str, torch.Tensor], num_tasks: int, obs: np.ndarray, steps: int
+    policy: Any,
+    params: dict[str, torch.Tensor],
+    num_tasks: int,
+    obs: np.ndarray,
+    steps: int,
+    memory: Memory | None = None,
 ) -> float:
-    """Seconds per sampling step of ``policy`` alone (``act`` + ``observe``) on ``obs [B, obs_dim]``."""
+    """Seconds per sampling step of ``policy`` alone (``act`` + ``observe``) on ``obs [B, obs_dim]``,
+    with ``params`` shared or per task and the context ``memory``, on one torch thread as
+    :func:`metarl.sampling.sample` runs it (the trainer samples with one thread)."""
     slots = obs.shape[0]
     device = next(iter(params.values())).device
     observations = torch.as_tensor(obs, dtype=torch.float32, device=device)
-    state = policy.start(params, num_tasks, slots, None)
     rewards = torch.zeros(slots, device=device)
-    with torch.no_grad():
+    with torch_threads(1), torch.no_grad():
+        state = policy.start(params, num_tasks, slots, memory)
         start = time.perf_counter()
         for _ in range(steps):
             action = policy.act(params, observations, state).base_dist.loc

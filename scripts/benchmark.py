@@ -38,6 +38,7 @@ from agents.factory import make_learner, make_policy  # noqa: E402
 from envs.vector import available_cores  # noqa: E402
 from metarl import benchmark  # noqa: E402
 from metarl.config import MAMLConfig, TrainConfig  # noqa: E402
+from metarl.episodes import Memory  # noqa: E402
 from metarl.params import detached  # noqa: E402
 from metarl.training import MetaTrainer, resolve_device  # noqa: E402
 
@@ -135,9 +136,7 @@ def learner(
             family.sample_tasks(np.random.default_rng(0), config.meta_batch_size), config.episodes_per_task
         )
         physics = benchmark.physics_step_seconds(sim, family.action_dim, 50)
-        obs = sim.reset()
-        with torch.no_grad():
-            acting = benchmark.policy_step_seconds(policy, detached(policy.params()), config.meta_batch_size, obs, 50)
+        acting = acting_seconds(policy, config, sim.reset())
         row = {
             "seconds_per_iteration": mean["time/iteration"],
             "sampling_s": mean["time/sampling"],
@@ -150,7 +149,9 @@ def learner(
             },
             "sampling_steps_per_s": mean["speed/env_steps_per_s"],
             "sampling_ratio_to_limit": mean["speed/env_steps_per_s"] / (raw * cores) if raw else None,
-            "policy_to_physics": acting / physics,
+            # the mean of the two phases, each half of the sampled steps
+            "policy_to_physics": (acting["pre"] + acting["post"]) / 2 / physics,
+            "policy_to_physics_by_phase": {k: v / physics for k, v in acting.items()},
         }
         out[name] = row
         print(
@@ -160,8 +161,28 @@ def learner(
             f" sampling {row['sampling_steps_per_s']:.0f} steps/s"
             + (f" = {row['sampling_ratio_to_limit']:.2f} of the limit" if raw else "")
             + f"; policy/physics time {row['policy_to_physics']:.2f}"
+            + " (before / after adaptation {pre:.2f} / {post:.2f})".format(**row["policy_to_physics_by_phase"])
         )
     return out
+
+
+def acting_seconds(policy: Any, config: TrainConfig, obs: np.ndarray) -> dict[str, float]:
+    """Seconds per sampling step of the policy alone in the two phases of an iteration: ``pre``
+    (the meta-parameters, shared by the tasks, no memory) and ``post`` (per-task adapted parameters
+    and, for context policies, a full memory of ``memory_size`` transitions per task)."""
+    tasks = config.meta_batch_size
+    params = detached(policy.params())
+    reference = next(iter(params.values()))
+    adapted = {k: v.expand(tasks, *v.shape).clone() for k, v in params.items()}
+    memory = None
+    if policy.uses_context:
+        width = 2 * policy.obs_dim + policy.act_dim + 1
+        transitions = torch.randn(tasks, config.memory_size, width, generator=torch.Generator().manual_seed(0))
+        memory = Memory(transitions.to(reference), torch.ones(tasks, config.memory_size, device=reference.device))
+    return {
+        "pre": benchmark.policy_step_seconds(policy, params, tasks, obs, 50),
+        "post": benchmark.policy_step_seconds(policy, adapted, tasks, obs, 50, memory),
+    }
 
 
 def parse_subsamples(text: str) -> list[tuple[int, int]]:

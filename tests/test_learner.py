@@ -1180,3 +1180,31 @@ def test_learner_benchmark_bad_input(bad: list[str], message: str, capsys: pytes
         benchmark.main(["learner", *bad])
     assert exit_info.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_learner_benchmark_times_the_policy_as_sampling_runs_it() -> None:
+    """``benchmark.py learner``'s policy time: one torch thread, and after adaptation per-task parameters
+    and a full memory, as the trainer samples; the caller's thread count is restored."""
+    from scripts import benchmark
+
+    family = envs.make("point_nav")
+    config = TrainConfig(env="point_nav", policy="attention", meta_batch_size=2, episodes_per_task=3, memory_size=5)
+    policy = factory.make_policy(config, family.observation_dim, family.action_dim)
+    seen: list[tuple[int, int, int | None]] = []  # (threads, parameter dims, memory rows) per act
+    act = policy.act
+
+    def recording_act(params: Params, obs: Tensor, state: object) -> object:
+        memory = getattr(state, "memory", None)
+        rows = None if memory is None else memory.keys.shape[1]
+        seen.append((torch.get_num_threads(), params["log_std"].dim(), rows))
+        return act(params, obs, state)
+
+    policy.act = recording_act  # type: ignore[method-assign]
+    threads = torch.get_num_threads()
+    sim = family.batch(family.sample_tasks(np.random.default_rng(0), 2), 3)
+    seconds = benchmark.acting_seconds(policy, config, sim.reset())
+    assert set(seconds) == {"pre", "post"} and all(0 < s < 1 for s in seconds.values())
+    assert torch.get_num_threads() == threads
+    assert {s[0] for s in seen} == {1}
+    assert {s[1:] for s in seen[:50]} == {(1, None)}  # before adaptation: shared parameters, no memory
+    assert {s[1:] for s in seen[50:]} == {(2, 5)}  # after: per task, a memory of memory_size rows
