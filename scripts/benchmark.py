@@ -176,8 +176,8 @@ def acting_seconds(policy: Any, config: TrainConfig, obs: np.ndarray) -> dict[st
     adapted = {k: v.expand(tasks, *v.shape).clone() for k, v in params.items()}
     memory = None
     if policy.uses_context:
-        width = 2 * policy.obs_dim + policy.act_dim + 1
-        transitions = torch.randn(tasks, config.memory_size, width, generator=torch.Generator().manual_seed(0))
+        shape = (tasks, config.memory_size, policy.transition_dim)
+        transitions = torch.randn(shape, generator=torch.Generator().manual_seed(0))
         memory = Memory(transitions.to(reference), torch.ones(tasks, config.memory_size, device=reference.device))
     return {
         "pre": benchmark.policy_step_seconds(policy, params, tasks, obs, 50),
