@@ -39,7 +39,7 @@ from envs.vector import available_cores  # noqa: E402
 from metarl import benchmark  # noqa: E402
 from metarl.config import MAMLConfig, TrainConfig  # noqa: E402
 from metarl.episodes import Memory  # noqa: E402
-from metarl.params import detached  # noqa: E402
+from metarl.params import detached, expand_params  # noqa: E402
 from metarl.training import MetaTrainer, resolve_device  # noqa: E402
 
 
@@ -166,6 +166,10 @@ def learner(
     return out
 
 
+ACTING_STEPS = 50
+"""Sampling steps timed per phase by :func:`acting_seconds`."""
+
+
 def acting_seconds(policy: Any, config: TrainConfig, obs: np.ndarray) -> dict[str, float]:
     """Seconds per sampling step of the policy alone in the two phases of an iteration: ``pre``
     (the meta-parameters, shared by the tasks, no memory) and ``post`` (per-task adapted parameters
@@ -173,15 +177,16 @@ def acting_seconds(policy: Any, config: TrainConfig, obs: np.ndarray) -> dict[st
     tasks = config.meta_batch_size
     params = detached(policy.params())
     reference = next(iter(params.values()))
-    adapted = {k: v.expand(tasks, *v.shape).clone() for k, v in params.items()}
+    # the trainer's adapted parameters are per-task tensors of their own, not views of shared ones
+    adapted = {k: v.clone() for k, v in expand_params(params, tasks).items()}
     memory = None
     if policy.uses_context:
         shape = (tasks, config.memory_size, policy.transition_dim)
         transitions = torch.randn(shape, generator=torch.Generator().manual_seed(0))
         memory = Memory(transitions.to(reference), torch.ones(tasks, config.memory_size, device=reference.device))
     return {
-        "pre": benchmark.policy_step_seconds(policy, params, tasks, obs, 50),
-        "post": benchmark.policy_step_seconds(policy, adapted, tasks, obs, 50, memory),
+        "pre": benchmark.policy_step_seconds(policy, params, tasks, obs, ACTING_STEPS),
+        "post": benchmark.policy_step_seconds(policy, adapted, tasks, obs, ACTING_STEPS, memory),
     }
 
 

@@ -1206,5 +1206,7 @@ def test_learner_benchmark_times_the_policy_as_sampling_runs_it() -> None:
     assert set(seconds) == {"pre", "post"} and all(0 < s < 1 for s in seconds.values())
     assert torch.get_num_threads() == threads
     assert {s[0] for s in seen} == {1}
-    assert {s[1:] for s in seen[:50]} == {(1, None)}  # before adaptation: shared parameters, no memory
-    assert {s[1:] for s in seen[50:]} == {(2, 5)}  # after: per task, a memory of memory_size rows
+    steps = benchmark.ACTING_STEPS
+    assert len(seen) == 2 * steps
+    assert {s[1:] for s in seen[:steps]} == {(1, None)}  # before adaptation: shared parameters, no memory
+    assert {s[1:] for s in seen[steps:]} == {(2, 5)}  # after: per task, a memory of memory_size rows
