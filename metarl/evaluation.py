@@ -4,7 +4,8 @@ Two curves, per task and as a mean with a 95% confidence interval over tasks:
 
 * **by gradient steps** (the MAML paper's figures): the return after 0, 1, ..., K
   inner steps; step k adapts on fresh episodes sampled with the parameters of
-  step k-1 (and, for context policies, a memory of those episodes).
+  step k-1 (and, for context policies, a memory of those episodes, or with
+  ``later_memory="first"`` of the pre-adaptation ones).
 * **by episodes of experience**: the return of episode k = 1..K of a task when
   the policy may use that task's earlier episodes: ``context`` (the memory fills
   up, no gradient), ``gradient`` (one inner step on the episodes so far) or
@@ -163,6 +164,17 @@ LATER_LR_SCALE_HELP = (
 )
 
 
+LATER_MEMORIES = ("latest", "first")
+"""Which episodes a context policy's memory holds after the second and later inner steps
+(``evaluate.py --later-memory``): those of the step before, or the pre-adaptation episodes, the
+only kind meta-training fills it with."""
+
+LATER_MEMORY_HELP = (
+    "context policies, after inner steps 2, 3, ...: the memory of the episodes of the step before "
+    "(latest, default) or of the pre-adaptation episodes, as in meta-training (first)"
+)
+
+
 def check_later_lr_scale(scale: float) -> None:
     """ValueError unless ``scale`` (``--later-lr-scale``) is a finite number > 0."""
     if not (math.isfinite(scale) and scale > 0):
@@ -180,6 +192,7 @@ def adaptation_steps(
     seed: int,
     device: torch.device | str,
     later_lr_scale: float = 1.0,
+    later_memory: str = "latest",
 ) -> Iterator[tuple[dict[str, torch.Tensor], Memory | None, Episodes]]:
     """The MAML test protocol: yields ``(params, memory, episodes)`` after 0..num_steps inner steps.
 
@@ -187,10 +200,13 @@ def adaptation_steps(
     (and memory) of step k, then takes one inner gradient step on them, of the
     learner's step size (``inner_lr``, or its learned ones) for the first and ``later_lr_scale`` times that for the
     others (the MAML paper's evaluation halves it: Finn et al. 2017, appendix A.2);
-    context policies get the memory of those episodes. Every step samples with the same
+    context policies get the memory of those episodes, or with ``later_memory="first"`` keep the
+    memory of the pre-adaptation episodes from the first step on. Every step samples with the same
     seeds (initial states and action noise): common random numbers, so results
     differ between steps only through the parameters and memory, not luck.
     """
+    if later_memory not in LATER_MEMORIES:
+        raise ValueError(f"unknown later memory {later_memory!r}; valid: {', '.join(LATER_MEMORIES)}")
     params = detached(policy.params())
     memory: Memory | None = None
     for step in range(num_steps + 1):
@@ -204,7 +220,7 @@ def adaptation_steps(
             params = detached(
                 learner.adapt(episodes, params, create_graph=False, memory=memory, num_steps=1, lr_scale=scale)
             )
-            if policy.uses_context:
+            if policy.uses_context and (memory is None or later_memory == "latest"):
                 memory = build_memory(episodes, memory_size, generator)
 
 
@@ -220,12 +236,23 @@ def by_gradient_steps(
     device: torch.device,
     progress: Any = None,
     later_lr_scale: float = 1.0,
+    later_memory: str = "latest",
 ) -> np.ndarray:
     """Returns ``[num_steps + 1, num_tasks]``: mean return per task after 0..num_steps
     inner steps (:func:`adaptation_steps`)."""
     returns = []
     steps = adaptation_steps(
-        family, policy, learner, tasks, num_steps, episodes_per_task, memory_size, seed, device, later_lr_scale
+        family,
+        policy,
+        learner,
+        tasks,
+        num_steps,
+        episodes_per_task,
+        memory_size,
+        seed,
+        device,
+        later_lr_scale,
+        later_memory,
     )
     for step, (_, _, episodes) in enumerate(steps):
         returns.append(episodes.task_returns().cpu().numpy())

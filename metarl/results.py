@@ -149,7 +149,8 @@ def policy_name(config: dict[str, Any]) -> str:
 
 def run_name(report: dict[str, Any]) -> str:
     """:func:`policy_name` of an evaluation report's run, its inner steps' sizes where they were not
-    all the run's (``evaluate.py --later-lr-scale``), its episodes per inner step where they were not
+    all the run's (``evaluate.py --later-lr-scale``), the memory of its later steps where it was not the
+    latest episodes' (``evaluate.py --later-memory``), its episodes per inner step where they were not
     the run's (``evaluate.py --episodes-per-task``), its action clipping where that was not the run's
     (``evaluate.py --[no-]clip-actions``), and which checkpoint it evaluated where that was not the
     last (``evaluate.py --checkpoint best`` or a numbered one)."""
@@ -157,6 +158,8 @@ def run_name(report: dict[str, Any]) -> str:
     scale = report.get("later_lr_scale", 1.0)
     if scale != 1.0:
         name = f"{name}, later-lr-scale {scale:g}"
+    if report.get("later_memory", "latest") != "latest":
+        name = f"{name}, later-memory {report['later_memory']}"
     if not _own_episodes_per_step(report):
         name = f"{name}, evaluated with episodes-per-task {report['episodes_per_step']}"
     clip = report.get("clip_actions", report["config"].get("clip_actions", False))
@@ -347,9 +350,10 @@ def entries(report: dict[str, Any]) -> dict[tuple[str, str], Entry]:
             source,
         )
     }
-    # the context curve takes no gradient step: a report with the later steps rescaled or another number
-    # of episodes per step would repeat the plain report's context row under another name
-    if "context" in episodes and report.get("later_lr_scale", 1.0) == 1.0 and _own_episodes_per_step(report):
+    # the context curve takes no gradient step: a report with the later steps rescaled or given another memory,
+    # or another number of episodes per step, would repeat the plain report's context row under another name
+    plain_steps = report.get("later_lr_scale", 1.0) == 1.0 and report.get("later_memory", "latest") == "latest"
+    if "context" in episodes and plain_steps and _own_episodes_per_step(report):
         context = _values(None, episodes["context"])
         first = _point(episodes["context"], 1)
         if first is not None:

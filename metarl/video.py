@@ -207,6 +207,7 @@ def adapted_params(
     seed: int,
     device: torch.device | str = "cpu",
     later_lr_scale: float = 1.0,
+    later_memory: str = "latest",
 ) -> tuple[dict[str, Tensor], Memory | None]:
     """Parameters (and context memory) after ``num_steps`` inner steps on each task.
 
@@ -215,10 +216,21 @@ def adapted_params(
     Returns:
         ``(params, memory)``: the meta-parameters and None when ``num_steps`` is 0;
         else per-task parameters (leading axis ``len(tasks)``) and, for context
-        policies, the memory of the last step's episodes (else None).
+        policies, the memory of the last step's episodes or, with ``later_memory="first"``,
+        of the pre-adaptation ones (else None).
     """
     steps = adaptation_steps(
-        family, policy, learner, tasks, num_steps, episodes_per_task, memory_size, seed, device, later_lr_scale
+        family,
+        policy,
+        learner,
+        tasks,
+        num_steps=num_steps,
+        episodes_per_task=episodes_per_task,
+        memory_size=memory_size,
+        seed=seed,
+        device=device,
+        later_lr_scale=later_lr_scale,
+        later_memory=later_memory,
     )
     *_, (params, memory, _) = steps
     return params, memory

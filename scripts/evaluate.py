@@ -51,6 +51,8 @@ from metarl.evaluation import (  # noqa: E402
     BEST_SELECTION,
     EPISODE_MODES,
     LATER_LR_SCALE_HELP,
+    LATER_MEMORIES,
+    LATER_MEMORY_HELP,
     adaptation_budget,
     by_episodes,
     by_gradient_steps,
@@ -76,6 +78,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--episodes", type=int, default=10, help="episodes of experience of the second curve (default 10)")
     p.add_argument("--episodes-per-task", type=int, help="episodes per inner step (default: the run's)")
     p.add_argument("--later-lr-scale", type=float, default=1.0, help=LATER_LR_SCALE_HELP)
+    p.add_argument("--later-memory", choices=LATER_MEMORIES, default="latest", help=LATER_MEMORY_HELP)
     p.add_argument("--seed", type=int, default=0, help="seed of the evaluation episodes")
     p.add_argument(
         "--repeats",
@@ -175,6 +178,7 @@ def main(argv: list[str] | None = None) -> int:
             trainer.device,
             progress=lambda m: print("  " + m, flush=True),
             later_lr_scale=args.later_lr_scale,
+            later_memory=args.later_memory,
         )
         modes = EPISODE_MODES if policy.uses_context else ("gradient",)
         episodes = {
@@ -203,6 +207,7 @@ def main(argv: list[str] | None = None) -> int:
         "tasks": [t.to_dict() for t in tasks],
         "repeats": args.repeats,
         "later_lr_scale": args.later_lr_scale,
+        "later_memory": args.later_memory,
         "clip_actions": family.clip_actions,
         **adaptation_budget(per_step, family.horizon, config.maml.num_inner_steps),
         "meta_training": training_cost(args.run_dir, family.horizon, state["iteration"]),

@@ -30,7 +30,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import numpy as np  # noqa: E402
 
 from metarl import checkpoint, video  # noqa: E402
-from metarl.evaluation import LATER_LR_SCALE_HELP, check_later_lr_scale  # noqa: E402
+from metarl.evaluation import (  # noqa: E402
+    LATER_LR_SCALE_HELP,
+    LATER_MEMORIES,
+    LATER_MEMORY_HELP,
+    check_later_lr_scale,
+)
 from metarl.params import detached  # noqa: E402
 from metarl.training import torch_threads  # noqa: E402
 from scripts.runs import load_run  # noqa: E402
@@ -49,6 +54,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=1, help="inner gradient steps of the 'after' panel (default 1)")
     p.add_argument("--episodes-per-task", type=int, help="episodes per inner step (default: the run's)")
     p.add_argument("--later-lr-scale", type=float, default=1.0, help=LATER_LR_SCALE_HELP)
+    p.add_argument("--later-memory", choices=LATER_MEMORIES, default="latest", help=LATER_MEMORY_HELP)
     p.add_argument("--checkpoint", help="checkpoint file in the run directory (default: the last)")
     p.add_argument("--device", default="cpu", help="cpu (default), cuda or auto")
     p.add_argument("--out", type=Path, help="video file (default: RUN_DIR/videos/<split>_<task>_steps<K>.mp4)")
@@ -143,6 +149,7 @@ def main(argv: list[str] | None = None) -> int:
             args.seed,
             device,
             args.later_lr_scale,
+            args.later_memory,
         )
         rows = []
         for n, task in enumerate(chosen):

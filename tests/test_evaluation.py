@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import envs
+from agents.attention import AttentionPolicy
 from agents.maml_trpo import MAMLTRPO
 from agents.policies import GaussianMLPPolicy
 from metarl import checkpoint, results
@@ -125,6 +126,31 @@ def test_later_lr_scale_sets_the_size_of_the_steps_after_the_first() -> None:
     quarter.policy.load_state_dict(policy.state_dict())
     via_config = quarter.adapt(episodes, first, create_graph=False, num_steps=1)
     assert all(torch.equal(via_config[k], expected[k]) for k in expected)
+
+
+def test_later_memory_first_keeps_the_pre_adaptation_memory_for_every_later_step() -> None:
+    """``later_memory="first"``: steps 2.. sample, and adapt, with the memory of the pre-adaptation
+    episodes (the only memory meta-training gives); ``"latest"`` rebuilds it from each step's episodes."""
+    family = envs.make("point_nav")
+    torch.manual_seed(0)
+    policy = AttentionPolicy(2, 2, hidden_sizes=(16,), embed_dim=8, window=2)
+    learner = MAMLTRPO(policy, MAMLConfig(inner_lr=0.5))
+    tasks, cpu = family.test_tasks()[:3], torch.device("cpu")
+    first = list(adaptation_steps(family, policy, learner, tasks, 3, 2, 8, 4, cpu, later_memory="first"))
+    latest = list(adaptation_steps(family, policy, learner, tasks, 3, 2, 8, 4, cpu))
+    assert first[0][1] is None and latest[0][1] is None  # before adaptation: no memory
+    kept = first[1][1]
+    assert kept is not None and latest[1][1] is not None
+    assert torch.equal(kept.transitions, latest[1][1].transitions)  # the pre-adaptation episodes' either way
+    for step in (2, 3):
+        assert first[step][1] is kept
+        assert not torch.equal(latest[step][1].transitions, kept.transitions)
+    # step 3's parameters: one inner step on step 2's episodes with the memory they were sampled with
+    params, _, episodes = first[2]
+    expected = learner.adapt(episodes, params, create_graph=False, memory=kept, num_steps=1)
+    assert all(torch.equal(first[3][0][k], expected[k].detach()) for k in expected)
+    with pytest.raises(ValueError, match="unknown later memory 'all'; valid: latest, first"):
+        next(adaptation_steps(family, policy, learner, tasks, 1, 2, 8, 4, cpu, later_memory="all"))
 
 
 def test_evaluation_adapts_with_the_learned_step_sizes() -> None:
@@ -284,32 +310,36 @@ def test_evaluate_best_checkpoint_is_recorded_and_gets_its_own_row(tiny_run: Pat
     assert results.run_name(report) == f"{results.policy_name(report['config'])}, {fewer}, best checkpoint"
 
 
-def test_evaluate_later_lr_scale_and_episodes_per_task_get_their_own_rows(tiny_run: Path, tmp_path: Path) -> None:
+def test_evaluate_later_steps_and_episodes_per_task_get_their_own_rows(tiny_run: Path, tmp_path: Path) -> None:
     argv = [str(tiny_run), "--steps", "2", "--episodes", "0"]
     reports = []
     for name, extra in (
         ("plain", ["--episodes-per-task", "2"]),  # the run's
         ("half", ["--episodes-per-task", "2", "--later-lr-scale", "0.5"]),
+        ("first", ["--episodes-per-task", "2", "--later-memory", "first"]),
         ("fewer", ["--episodes-per-task", "1"]),
     ):
         assert evaluate.main([*argv, *extra, "--json", str(tmp_path / f"{name}.json")]) == 0
         reports.append(json.loads((tmp_path / f"{name}.json").read_text()))
-    plain, half, fewer = reports
+    plain, half, first, fewer = reports
     assert (plain["later_lr_scale"], half["later_lr_scale"]) == (1.0, 0.5)
+    assert (plain["later_memory"], first["later_memory"]) == ("latest", "first")
     steps = [np.asarray(r["by_gradient_steps"]["per_task"]) for r in reports]
-    np.testing.assert_array_equal(steps[0][:2], steps[1][:2])  # the first step is the run's inner lr either way
-    assert np.abs(steps[0][2] - steps[1][2]).max() > 0
+    for other in (steps[1], steps[2]):  # the first step is the run's inner lr and memory either way
+        np.testing.assert_array_equal(steps[0][:2], other[:2])
+        assert np.abs(steps[0][2] - other[2]).max() > 0
     name = results.policy_name(plain["config"])
     assert results.run_name(plain) == name
     assert results.run_name(half) == f"{name}, later-lr-scale 0.5"
+    assert results.run_name(first) == f"{name}, later-memory first"
     assert results.run_name(fewer) == f"{name}, evaluated with episodes-per-task 1"
     context = {"x": [1, 2], "mean": [-2.0, -1.0], "ci95_low": [-3.0, -2.0], "ci95_high": [-1.0, 0.0]}
-    plain_rows, half_rows, fewer_rows = (
+    plain_rows, *other_rows = (
         results.entries({**results.complete(r, 100), "by_episodes": {"context": context}}) for r in reports
     )
     assert [kind for kind, _ in plain_rows] == ["maml", "context"]
     # their context rows (no gradient step) would repeat the plain one's under another name
-    assert [kind for kind, _ in half_rows] == [kind for kind, _ in fewer_rows] == ["maml"]
+    assert all([kind for kind, _ in rows] == ["maml"] for rows in other_rows)
 
 
 @pytest.mark.parametrize(
@@ -332,6 +362,14 @@ def test_evaluate_bad_input(
     assert evaluate.main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1
+
+
+def test_evaluate_unknown_later_memory_lists_the_valid_ones(tiny_run: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        evaluate.main([str(tiny_run), "--later-memory", "all"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2
+    assert "--later-memory: invalid choice: 'all'" in err and "latest" in err and "first" in err
 
 
 # ------------------------------------------------------------------ --csv, --plot (metarl.plots)
