@@ -141,6 +141,22 @@ def test_rollout_drives_the_policy_as_sampling_does() -> None:
     assert measure(env, np.array([0.0, 0.0]), {}) == f"distance {np.linalg.norm(tasks[1].goal):.2f} m"
 
 
+def test_after_panel_memory_follows_later_memory() -> None:
+    """After 2 steps the after-panel's memory is of step 1's episodes (``latest``), or still of the
+    pre-adaptation ones (``first``): the memory after 1 step."""
+    family = envs.make("point_nav")
+    config = TrainConfig(env="point_nav", policy="attention", episodes_per_task=2, memory_size=16)
+    torch.manual_seed(0)
+    policy = make_policy(config, family.observation_dim, family.action_dim)
+    learner, tasks = make_learner(config, policy), family.test_tasks()[:2]
+    _, pre = video.adapted_params(family, policy, learner, tasks, 1, 2, 16, seed=3)
+    _, latest = video.adapted_params(family, policy, learner, tasks, 2, 2, 16, seed=3)
+    _, first = video.adapted_params(family, policy, learner, tasks, 2, 2, 16, seed=3, later_memory="first")
+    assert pre is not None and latest is not None and first is not None
+    assert torch.equal(first.transitions, pre.transitions)
+    assert not torch.equal(latest.transitions, pre.transitions)
+
+
 @pytest.mark.render
 def test_camera_tracks_the_robot(gl: str) -> None:
     """Gymnasium's HalfCheetah-v5 camera stays put; ours follows the cheetah 5 m down the track."""
