@@ -175,6 +175,16 @@ LATER_MEMORY_HELP = (
 )
 
 
+def check_later_memory(later_memory: str, policy: Any) -> None:
+    """ValueError for ``--later-memory`` other than ``latest`` with a policy that has no memory (it
+    would change nothing but the report's row name)."""
+    if later_memory != "latest" and not policy.uses_context:
+        raise ValueError(
+            f"--later-memory {later_memory}: {type(policy).__name__} has no memory (the option is for context "
+            "policies, such as --policy attention)"
+        )
+
+
 def check_later_lr_scale(scale: float) -> None:
     """ValueError unless ``scale`` (``--later-lr-scale``) is a finite number > 0."""
     if not (math.isfinite(scale) and scale > 0):

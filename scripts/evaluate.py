@@ -57,6 +57,7 @@ from metarl.evaluation import (  # noqa: E402
     by_episodes,
     by_gradient_steps,
     check_later_lr_scale,
+    check_later_memory,
     curve,
     mean_over_repeats,
     training_cost,
@@ -154,6 +155,7 @@ def main(argv: list[str] | None = None) -> int:
         name = best_checkpoint(args.run_dir) if args.checkpoint == BEST else args.checkpoint
         trainer, state = load_run(args.run_dir, name, args.device)
         family, policy, learner, config = trainer.family, trainer.policy, trainer.learner, trainer.config
+        check_later_memory(args.later_memory, policy)
         if args.clip_actions is not None:
             family.clip_actions = args.clip_actions
         tasks = family.held_out_tasks(args.split)

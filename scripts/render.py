@@ -35,6 +35,7 @@ from metarl.evaluation import (  # noqa: E402
     LATER_MEMORIES,
     LATER_MEMORY_HELP,
     check_later_lr_scale,
+    check_later_memory,
 )
 from metarl.params import detached  # noqa: E402
 from metarl.training import torch_threads  # noqa: E402
@@ -115,6 +116,7 @@ def main(argv: list[str] | None = None) -> int:
         check(args)
         trainer, state = load_run(args.run_dir, args.checkpoint, args.device)
         family, policy, config = trainer.family, trainer.policy, trainer.config
+        check_later_memory(args.later_memory, policy)
         tasks = family.held_out_tasks(args.split)
         if not args.all and not 0 <= args.task < len(tasks):
             raise ValueError(f"task index {args.task} is out of range: {args.split} has tasks 0..{len(tasks) - 1}")

@@ -372,6 +372,21 @@ def test_evaluate_unknown_later_memory_lists_the_valid_ones(tiny_run: Path, caps
     assert "--later-memory: invalid choice: 'all'" in err and "latest" in err and "first" in err
 
 
+def test_evaluate_later_memory_needs_a_policy_with_a_memory(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """An MLP has no memory: ``--later-memory first`` would only rename its row, so it is refused."""
+    run = tmp_path / "mlp"
+    args = ["--env", "point_nav", "--policy", "mlp", "--iterations", "1", "--meta-batch-size", "2"]
+    assert meta_train.main([*args, "--episodes-per-task", "1", "--out", str(run), "--no-progress"]) == 0
+    out = tmp_path / "report.json"
+    assert evaluate.main([str(run), "--later-memory", "first", "--json", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (
+        "evaluate: error: --later-memory first: GaussianMLPPolicy has no memory "
+        "(the option is for context policies, such as --policy attention)"
+    )
+    assert not out.exists()
+
+
 # ------------------------------------------------------------------ --csv, --plot (metarl.plots)
 def _lines_by_gid(fig: object) -> dict[str, object]:
     return {artist.get_gid(): artist for ax in fig.axes for artist in ax.get_children() if artist.get_gid()}  # type: ignore[attr-defined]

@@ -230,6 +230,7 @@ def test_render_point_nav_grid_sequential(point_run: Path, tmp_path: Path) -> No
         (["{run}", "--out", "{tmp}/video.avi"], "--out must end in .mp4 or .gif"),
         (["{run}", "--width", "8"], "--width and --height must be >= 16"),
         (["{run}", "--later-lr-scale", "-0.5"], "invalid --later-lr-scale -0.5: must be a finite number > 0"),
+        (["{run}", "--later-memory", "first"], "--later-memory first: GaussianMLPPolicy has no memory"),
     ],
 )
 def test_render_bad_input(
