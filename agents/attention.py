@@ -37,8 +37,9 @@ Two computations, which agree to rounding:
   own and the previous block in one batched matmul (a band mask keeps each
   step's last ``W``); no ``[T, B, W, ...]`` tensor of keys is built.
 * :meth:`AttentionPolicy.start` / :meth:`~AttentionPolicy.act` /
-  :meth:`~AttentionPolicy.observe` (sampling): a sliding buffer of the last ``W``
-  keys/values per slot, each transition embedded once when observed.
+  :meth:`~AttentionPolicy.observe` (sampling): a ring buffer of the last ``W``
+  keys/values per slot, each transition embedded once when observed and written
+  in place over the oldest.
 
 Every op is written with ``einsum``/``softmax``/elementwise maths (no fused
 attention kernels), so MAML's second-order meta-gradient (double backward)
@@ -85,10 +86,12 @@ class AttentionState:
 
     Attributes:
         num_tasks: tasks; slots are task-major, ``B // num_tasks`` per task.
-        keys: ``[B, W, H, d]`` keys of each slot's last ``W`` transitions, oldest first
-            (a window that slides by one entry per :meth:`AttentionPolicy.observe`).
-        values: ``[B, W, H, d]`` the matching values.
-        valid: ``[B, W]`` bool, True for filled entries (the first ``W - t`` are empty at step ``t < W``).
+        keys: ``[B, H, W, d]`` keys of each slot's last ``W`` transitions, a ring buffer:
+            :meth:`AttentionPolicy.observe` overwrites entry ``position``, the oldest.
+            Attention ignores the order of its entries, so the ring needs no shifting.
+        values: ``[B, H, W, d]`` the matching values.
+        valid: ``[B, W]`` bool, True for filled entries (``t`` of them at step ``t < W``).
+        position: the ring entry the next transition goes to.
         memory: keys/values of the task memories, or None for no memory.
     """
 
@@ -96,6 +99,7 @@ class AttentionState:
     keys: Tensor
     values: Tensor
     valid: Tensor
+    position: int
     memory: MemoryAttention | None
 
 
@@ -367,13 +371,18 @@ class AttentionPolicy(Policy):
             raise ValueError(f"num_slots ({num_slots}) must be a multiple of num_tasks ({num_tasks})")
         self._check_params(params, num_tasks)
         reference = params["null_key"]
-        shape = (num_slots, self.window, self.num_heads, self.head_dim)
+        shape = (num_slots, self.num_heads, self.window, self.head_dim)
+        attention = self._memory(params, memory, num_tasks)
+        if attention is not None:  # head-major in memory, so that every step's einsums read it without a copy
+            keys, values = (x.transpose(1, 2).contiguous().transpose(1, 2) for x in attention[:2])
+            attention = MemoryAttention(keys, values, attention.mask)
         return AttentionState(
             num_tasks=num_tasks,
             keys=reference.new_zeros(shape),
             values=reference.new_zeros(shape),
             valid=torch.zeros(num_slots, self.window, dtype=torch.bool, device=reference.device),
-            memory=self._memory(params, memory, num_tasks),
+            position=0,
+            memory=attention,
         )
 
     def act(self, params: Params, obs: Tensor, state: AttentionState) -> Independent:
@@ -382,13 +391,15 @@ class AttentionPolicy(Policy):
         h, q = self._query(params, task_view(obs, num_tasks))  # q [N, S, H, d]
         window = None
         if self.window > 0:
-            per_task = (num_tasks, -1, self.window, self.num_heads, self.head_dim)
-            keys, values = state.keys.reshape(per_task), state.values.reshape(per_task)
-            scores = torch.einsum("nshd,nswhd->nshw", q, keys)
-            valid = state.valid.reshape(num_tasks, -1, 1, self.window)
+            per_task = (num_tasks, -1, self.num_heads, self.window, self.head_dim)
+            keys, values = state.keys.view(per_task), state.values.view(per_task)
+            # A matrix-vector product per (slot, head) for the scores and a broadcast sum for the
+            # weighing: both read the buffers as stored (an einsum would copy them every step).
+            scores = (keys @ q.unsqueeze(-1)).squeeze(-1)  # [N, S, H, W]
+            valid = state.valid.view(num_tasks, -1, 1, self.window)
 
             def weigh(weights: Tensor) -> Tensor:
-                return torch.einsum("nshw,nswhd->nshd", weights, values)
+                return (weights.unsqueeze(-1) * values).sum(-2)
 
             window = (scores, valid, weigh)
         z = self._summary(params, q, window, state.memory)
@@ -397,22 +408,22 @@ class AttentionPolicy(Policy):
     def observe(
         self, params: Params, state: AttentionState, obs: Tensor, action: Tensor, reward: Tensor, next_obs: Tensor
     ) -> AttentionState:
-        """Embed each slot's new transition once and push it into the slot's window (dropping the oldest).
+        """Embed each slot's new transition once and write it over the oldest entry of the slot's window.
 
         Shapes: ``obs, next_obs [B, obs_dim]``, ``action [B, act_dim]``, ``reward [B]``.
         Every slot's transition is marked valid: after a slot's episode ended,
         its window holds transitions past the end, which only affects its own
-        masked steps; masking ended slots is the sampler's job. Returns a new
-        state (the old one is not modified; earlier history is never re-encoded).
+        masked steps; masking ended slots is the sampler's job. The buffers are
+        updated in place (no copy of the window per step; earlier history is never
+        re-encoded) and the returned state points at the next ring entry: pass
+        only the returned state on.
         """
         if self.window == 0:
             return state
         features = transition_features(obs, action, reward.to(obs.dtype), next_obs)
         keys, values = self._keys_values(params, task_view(features, state.num_tasks))
-        new = (-1, 1, self.num_heads, self.head_dim)
-        return dataclasses.replace(
-            state,
-            keys=torch.cat([state.keys[:, 1:], keys.reshape(new)], dim=1),
-            values=torch.cat([state.values[:, 1:], values.reshape(new)], dim=1),
-            valid=torch.cat([state.valid[:, 1:], state.valid.new_ones(state.valid.shape[0], 1)], dim=1),
-        )
+        position, new = state.position, (-1, self.num_heads, self.head_dim)
+        state.keys[:, :, position] = keys.reshape(new)
+        state.values[:, :, position] = values.reshape(new)
+        state.valid[:, position] = True
+        return dataclasses.replace(state, position=(position + 1) % self.window)
