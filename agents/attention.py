@@ -416,7 +416,9 @@ class AttentionPolicy(Policy):
         masked steps; masking ended slots is the sampler's job. The buffers are
         updated in place (no copy of the window per step; earlier history is never
         re-encoded) and the returned state points at the next ring entry: pass
-        only the returned state on.
+        only the returned state on. Sampling runs without gradients; for gradients
+        through a rollout use :meth:`episode_distribution` (autograd rejects the
+        in-place writes there with an error, never a wrong gradient).
         """
         if self.window == 0:
             return state
