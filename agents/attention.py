@@ -374,8 +374,8 @@ class AttentionPolicy(Policy):
         shape = (num_slots, self.num_heads, self.window, self.head_dim)
         attention = self._memory(params, memory, num_tasks)
         if attention is not None:  # head-major in memory, so that every step's einsums read it without a copy
-            keys, values = (x.transpose(1, 2).contiguous().transpose(1, 2) for x in attention[:2])
-            attention = MemoryAttention(keys, values, attention.mask)
+            keys, values = (x.transpose(1, 2).contiguous().transpose(1, 2) for x in (attention.keys, attention.values))
+            attention = attention._replace(keys=keys, values=values)
         return AttentionState(
             num_tasks=num_tasks,
             keys=reference.new_zeros(shape),
