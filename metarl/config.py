@@ -79,7 +79,8 @@ class MAMLConfig:
     fvp_tasks: int = 10
     """Tasks whose KL defines the Fisher-vector products (0: all). The subsample cuts the conjugate
     gradient's cost 4-5x; its curvature mispredicts the step's KL (up to 12x late in a run, which the
-    line search absorbs), yet all 40 tasks learned no better in the same minutes (docs/experiments.md)."""
+    line search absorbs), yet all 40 tasks learned no better in the same minutes (docs/experiments.md).
+    half_cheetah_dir's preset takes 5 of its 20 tasks for the attention policy."""
     fvp_episodes: int = 0
     """Episodes per task, the first ones, whose KL defines the Fisher-vector products (0: all).
     5 of 20 on all tasks predicted the step's KL within 1.7x, at the cost of 10 whole tasks, but 3
@@ -257,11 +258,27 @@ PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
 source; families without a published MAML setting use the defaults (pytorch-maml-rl's MuJoCo setting)."""
 
 
-def preset(env: str) -> tuple[str, dict[str, Any]]:
-    """``(source, overrides)`` of ``env``."""
-    return PRESETS.get(
+POLICY_PRESETS: dict[tuple[str, str], tuple[str, dict[str, Any]]] = {
+    ("half_cheetah_dir", "attention"): (
+        "the Fisher-vector products on 5 of the 20 tasks, a quarter as 10 of 40 elsewhere: 1.25x the "
+        "iterations in 45 minutes, +265.3 after one step against +218.4 (ahead on each of 3 seeds); the MLP "
+        "learned worse with it, +190.0 against +232.9 (behind on each of 3 seeds; docs/experiments.md)",
+        {"maml": {"fvp_tasks": 5}},
+    ),
+}
+"""Overrides of one family's preset for one policy, and their source."""
+
+
+def preset(env: str, policy: str | None = None) -> tuple[str, dict[str, Any]]:
+    """``(source, overrides)`` of ``env``, with those of ``policy`` on that family where it has its own."""
+    source, overrides = PRESETS.get(
         env, ("the defaults, pytorch-maml-rl's MuJoCo setting (no published MAML setting for this family)", {})
     )
+    if policy is None or (env, policy) not in POLICY_PRESETS:
+        return source, overrides
+    own_source, own = POLICY_PRESETS[env, policy]
+    merged = {**overrides, **own, "maml": {**overrides.get("maml", {}), **own.get("maml", {})}}
+    return f"{source}; for the {policy} policy, {own_source}", merged
 
 
 def _field_docs(cls: type) -> dict[str, str]:
@@ -309,11 +326,11 @@ def given_settings(args: argparse.Namespace) -> list[str]:
 
 
 def resolve(args: argparse.Namespace) -> TrainConfig:
-    """Defaults, then the family's preset, then the flags given; ValueError on a bad value."""
+    """Defaults, then the family's preset (with its policy's own), then the flags given; ValueError on a bad value."""
     values: dict[str, Any] = {}
     maml: dict[str, Any] = {}
     env = getattr(args, "env", None) or TrainConfig.env
-    values.update(preset(env)[1])
+    values.update(preset(env, getattr(args, "policy", None) or TrainConfig.policy)[1])
     maml.update(values.pop("maml", {}))
     maml_fields = {f.name for f in dataclasses.fields(MAMLConfig)}
     for name in given_settings(args):

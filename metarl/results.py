@@ -282,9 +282,9 @@ def _values(by_steps: dict[str, Any] | None, by_episodes: dict[str, Any] | None)
 
 def changed_flags(config: dict[str, Any]) -> list[tuple[str, str, list[str]]]:
     """``(field, flag, values)`` of every field of a run's config that differs from the defaults
-    and the family's preset."""
+    and the family's preset for the run's policy."""
     saved = TrainConfig.from_dict(config)
-    default = TrainConfig.from_dict({**preset(saved.env)[1], "env": saved.env})
+    default = TrainConfig.from_dict({**preset(saved.env, saved.policy)[1], "env": saved.env})
     pairs: list[tuple[Any, Any, dataclasses.Field[Any]]]
     pairs = [(saved, default, f) for f in dataclasses.fields(TrainConfig) if f.name != "maml"]
     pairs += [(saved.maml, default.maml, f) for f in dataclasses.fields(saved.maml)]

@@ -6,6 +6,10 @@
 Runs go to runs/<env>__<policy>__<seed>__<time>/ (or --out): config.json,
 metrics.csv, TensorBoard events, checkpoint.pt (every iteration, atomic) and
 checkpoint_NNNNN.pt every --checkpoint-every iterations.
+
+The defaults below are metarl's; each family's preset overrides some of them,
+on one family also per policy (metarl/config.py: PRESETS, POLICY_PRESETS; a run
+prints its preset's source), and the flags given override both.
 """
 
 from __future__ import annotations
@@ -99,7 +103,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"meta_train: error: {error}", file=sys.stderr)
         return 2
     cfg = trainer.config
-    print(f"{trainer.run_dir}: {cfg.env} ({cfg.variant}), {cfg.policy} policy, preset from {preset(cfg.env)[0]}")
+    source = preset(cfg.env, cfg.policy)[0]
+    print(f"{trainer.run_dir}: {cfg.env} ({cfg.variant}), {cfg.policy} policy, preset from {source}")
     try:
         with interruptible():
             metrics = trainer.train(progress=not args.no_progress)

@@ -30,7 +30,7 @@ from agents.factory import make_learner, make_policy
 from agents.maml_trpo import MAMLTRPO
 from metarl import checkpoint
 from metarl.checkpoint import CheckpointError
-from metarl.config import MAMLConfig, TrainConfig, resolve
+from metarl.config import MAMLConfig, TrainConfig, preset, resolve
 from metarl.evaluation import training_cost
 from metarl.sampling import sample
 from metarl.training import CHECKPOINT, MetaTrainer
@@ -402,6 +402,12 @@ def test_presets_set_maml_fields_and_flags_win() -> None:
     assert (maml.gamma, maml.inner_lr, maml.max_kl, maml.line_search_ratio) == (0.95, 0.0167, 0.06, 0.5)
     assert (dir_config.meta_batch_size, maml.inner_objective) == (20, "lvc")
     assert resolve(parser.parse_args(["--env", "half_cheetah_dir", "--gamma", "0.9"])).maml.gamma == 0.9
+    assert maml.fvp_tasks == 5  # the attention policy's own (the default policy)
+    mlp = resolve(parser.parse_args(["--env", "half_cheetah_dir", "--policy", "mlp"]))
+    assert (mlp.maml.fvp_tasks, mlp.maml.inner_objective, mlp.meta_batch_size) == (10, "lvc", 20)
+    assert resolve(parser.parse_args(["--env", "half_cheetah_dir", "--fvp-tasks", "10"])).maml.fvp_tasks == 10
+    assert "for the attention policy" in preset("half_cheetah_dir", "attention")[0]
+    assert preset("half_cheetah_dir", "mlp") == preset("half_cheetah_dir")
     vel = resolve(parser.parse_args(["--env", "half_cheetah_vel"])).maml
     assert (vel.gamma, vel.inner_lr, vel.max_kl, vel.line_search_ratio) == (0.99, 0.0167, 0.06, 0.5)
     assert resolve(parser.parse_args(["--env", "half_cheetah_mass"])).maml == MAMLConfig()
