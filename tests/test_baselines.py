@@ -447,12 +447,12 @@ def test_only_seeds_and_budgets_share_a_row() -> None:
     assert results.policy_name({**changed.to_dict(), "hidden_sizes": [100, 100]}) == (
         f"mlp, hidden-sizes 100 100, inner-lr {inner_lr}, max-kl {max_kl}"
     )
-    # the attention policy's own preset on the family (the Fisher on 5 tasks) names the MLP's value
+    # the attention policy's own preset (the Fisher on 5 tasks) is its plain row; the MLP's 10 tasks are named
     attention = resolve_config(parser.parse_args(["--env", "half_cheetah_dir"]))
     assert (attention.maml.fvp_tasks, preset.maml.fvp_tasks) == (5, 10)
     assert results.policy_name(attention.to_dict()) == "attention"
-    mlp_fisher = dataclasses.replace(attention, maml=dataclasses.replace(attention.maml, fvp_tasks=10))
-    assert results.policy_name(mlp_fisher.to_dict()) == "attention, fvp-tasks 10"
+    ten_tasks = dataclasses.replace(attention, maml=dataclasses.replace(attention.maml, fvp_tasks=10))
+    assert results.policy_name(ten_tasks.to_dict()) == "attention, fvp-tasks 10"
 
 
 def _report(seed: int, per_task: np.ndarray, kind: str = "scratch") -> dict[str, Any]:
