@@ -261,7 +261,7 @@ source; families without a published MAML setting use the defaults (pytorch-maml
 POLICY_PRESETS: dict[tuple[str, str], tuple[str, dict[str, Any]]] = {
     ("half_cheetah_dir", "attention"): (
         "the Fisher-vector products on 5 of the 20 tasks, a quarter as 10 of 40 elsewhere: 1.25x the "
-        "iterations in 45 minutes, +265.3 after one step against +218.4 (ahead on each of 3 seeds); the MLP "
+        "iterations in 45 minutes, +258.3 after one step against +224.7 (ahead on 4 of 5 seeds); the MLP "
         "learned worse with it, +190.0 against +232.9 (behind on each of 3 seeds; docs/experiments.md)",
         {"maml": {"fvp_tasks": 5}},
     ),
