@@ -40,7 +40,7 @@ from metarl import benchmark  # noqa: E402
 from metarl.config import MAMLConfig, TrainConfig  # noqa: E402
 from metarl.episodes import Memory  # noqa: E402
 from metarl.params import detached, expand_params  # noqa: E402
-from metarl.training import MetaTrainer, resolve_device  # noqa: E402
+from metarl.training import MetaTrainer, keep_freed_memory, resolve_device  # noqa: E402
 
 
 def raw_limit(family: envs.TaskFamily, policy: Any, seconds: float) -> float | None:
@@ -346,6 +346,11 @@ def main(argv: list[str] | None = None) -> int:
         "--memory-size", type=int, default=TrainConfig.memory_size, help="attention policy: transitions in the memory"
     )
     cmd.add_argument("--seconds", type=float, default=3.0, help="measuring time of the raw limit")
+    cmd.add_argument(
+        "--system-malloc",
+        action="store_true",
+        help="keep glibc's malloc defaults (no keep_freed_memory, as meta_train calls it), to measure what it saves",
+    )
     cmd.add_argument("--json", type=Path, help="also write the results to this JSON file")
     cmd = sub.add_parser("fisher", help="how well subsampled Fisher-vector products predict a TRPO step's KL")
     cmd.add_argument("run", type=Path, metavar="RUN_DIR", help="a meta_train.py run directory")
@@ -391,7 +396,10 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as error:
         parser.error(str(error))
     if args.command == "learner":
+        kept = False if args.system_malloc else keep_freed_memory()
+        print(f"freed memory kept for reuse (keep_freed_memory): {kept}")
         results = learner(args.env, args.policies.split(","), args.device, args.iterations, maml, args.seconds, context)
+        results["keep_freed_memory"] = kept
     else:
         # One torch thread: the policy's matrices are small, and idle OpenMP workers
         # spinning beside MuJoCo's threads cost more than they give (2x here).

@@ -62,7 +62,7 @@ from metarl.evaluation import (  # noqa: E402
     mean_over_repeats,
     training_cost,
 )
-from metarl.training import CHECKPOINT, torch_threads  # noqa: E402
+from metarl.training import CHECKPOINT, keep_freed_memory, torch_threads  # noqa: E402
 from scripts.runs import BEST, best_checkpoint, load_run  # noqa: E402
 
 
@@ -162,6 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, checkpoint.CheckpointError) as error:
         print(f"evaluate: error: {error}", file=sys.stderr)
         return 2
+    keep_freed_memory()
     per_step = args.episodes_per_task or config.episodes_per_task
     repeats = f", {args.repeats} trials each" if args.repeats > 1 else ""
     where = f"{args.run_dir}/{name or CHECKPOINT} (iteration {state['iteration']})"

@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from metarl import checkpoint  # noqa: E402
 from metarl.config import MAMLConfig, TrainConfig, add_arguments, flag_name, given_settings, preset, resolve  # noqa: E402
-from metarl.training import CHECKPOINT, MetaTrainer, TrainingDiverged, run_name  # noqa: E402
+from metarl.training import CHECKPOINT, MetaTrainer, TrainingDiverged, keep_freed_memory, run_name  # noqa: E402
 from scripts.runs import build_trainer  # noqa: E402
 
 
@@ -104,6 +104,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     cfg = trainer.config
     source = preset(cfg.env, cfg.policy)[0]
+    keep_freed_memory()
     print(f"{trainer.run_dir}: {cfg.env} ({cfg.variant}), {cfg.policy} policy, preset from {source}")
     try:
         with interruptible():
