@@ -5,7 +5,8 @@
 - checkpoints are written atomically; a corrupt one is reported as such;
 - bad inputs exit with status 2 and one line on stderr, touching nothing;
 - a diverged run exits with status 1 and keeps the last good checkpoint;
-- one tiny meta-iteration on every task family.
+- one tiny meta-iteration on every task family;
+- ``keep_freed_memory`` makes freed tensors' pages reused, not faulted in again.
 """
 
 from __future__ import annotations
@@ -554,7 +555,7 @@ def test_context_only_step_adapts_nothing(tmp_path: Path) -> None:
 
 
 FAULTS_CODE = """
-import resource, sys, torch
+import resource, torch
 from metarl.training import keep_freed_memory
 
 def faults():  # minor page faults of allocating, filling and freeing a 64 MB tensor 5 times (after 2)
