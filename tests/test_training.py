@@ -411,7 +411,11 @@ def test_presets_set_maml_fields_and_flags_win() -> None:
     assert preset("half_cheetah_dir", "mlp") == preset("half_cheetah_dir")
     vel = resolve(parser.parse_args(["--env", "half_cheetah_vel"])).maml
     assert (vel.gamma, vel.inner_lr, vel.max_kl, vel.line_search_ratio) == (0.99, 0.0167, 0.06, 0.5)
-    assert resolve(parser.parse_args(["--env", "half_cheetah_mass"])).maml == MAMLConfig()
+    mass = resolve(parser.parse_args(["--env", "half_cheetah_mass"]))
+    assert (mass.meta_batch_size, mass.maml.inner_objective, mass.maml.fvp_tasks) == (20, "lvc", 5)
+    assert (mass.maml.gamma, mass.maml.inner_lr, mass.maml.max_kl) == (0.99, 0.0167, 0.06)
+    assert resolve(parser.parse_args(["--env", "half_cheetah_mass", "--policy", "mlp"])).maml.fvp_tasks == 5
+    assert resolve(parser.parse_args(["--env", "half_cheetah_params"])).maml == MAMLConfig()
     assert resolve(parser.parse_args(["--env", "point_nav"])).meta_batch_size == 20
 
 
