@@ -414,7 +414,7 @@ def test_presets_set_maml_fields_and_flags_win() -> None:
     mass = resolve(parser.parse_args(["--env", "half_cheetah_mass"]))
     assert (mass.meta_batch_size, mass.maml.inner_objective, mass.maml.fvp_tasks) == (20, "lvc", 5)
     assert (mass.maml.gamma, mass.maml.inner_lr, mass.maml.max_kl) == (0.99, 0.0167, 0.06)
-    assert resolve(parser.parse_args(["--env", "half_cheetah_mass", "--policy", "mlp"])).maml.fvp_tasks == 5
+    assert resolve(parser.parse_args(["--env", "half_cheetah_mass", "--policy", "mlp"])).maml.fvp_tasks == 10
     assert resolve(parser.parse_args(["--env", "half_cheetah_params"])).maml == MAMLConfig()
     assert resolve(parser.parse_args(["--env", "point_nav"])).meta_batch_size == 20
 
