@@ -275,7 +275,8 @@ POLICY_PRESETS: dict[tuple[str, str], tuple[str, dict[str, Any]]] = {
     ),
     ("half_cheetah_mass", "attention"): (
         "the Fisher-vector products on 5 of the 20 tasks, as on half_cheetah_dir: +334.5 after one step in 20 "
-        "minutes against +226.0 on 10 and +313.7 on 3 (seed 0; docs/experiments.md)",
+        "minutes against +226.0 on 10, +313.7 on 3 and +278.9 on the 5 tasks' first 10 episodes (seed 0; "
+        "docs/experiments.md)",
         {"maml": {"fvp_tasks": 5}},
     ),
 }
