@@ -267,6 +267,12 @@ source; families without a published MAML setting use the defaults (pytorch-maml
 
 
 POLICY_PRESETS: dict[tuple[str, str], tuple[str, dict[str, Any]]] = {
+    ("half_cheetah_vel", "attention"): (
+        "ProMP's low-variance curvature (since 2026-12-07): -66.8 after one step at 350 iterations against "
+        "REINFORCE's -74.1 (3 seeds, none stalling, against 4 runs, 2 of which stalled), -60.4 after three steps "
+        "(the later ones halved, the first memory kept) against -70.2 (docs/experiments.md)",
+        {"maml": {"inner_objective": "lvc"}},
+    ),
     ("half_cheetah_dir", "attention"): (
         "the Fisher-vector products on 5 of the 20 tasks, a quarter as 10 of 40 elsewhere: 1.25x the "
         "iterations in 45 minutes, +258.3 after one step against +224.7 (ahead on 4 of 5 seeds); the MLP "

@@ -411,6 +411,8 @@ def test_presets_set_maml_fields_and_flags_win() -> None:
     assert preset("half_cheetah_dir", "mlp") == preset("half_cheetah_dir")
     vel = resolve(parser.parse_args(["--env", "half_cheetah_vel"])).maml
     assert (vel.gamma, vel.inner_lr, vel.max_kl, vel.line_search_ratio) == (0.99, 0.0167, 0.06, 0.5)
+    vel_mlp = resolve(parser.parse_args(["--env", "half_cheetah_vel", "--policy", "mlp"])).maml
+    assert (vel.inner_objective, vel_mlp.inner_objective) == ("lvc", "reinforce")  # LVC: the attention policy's own
     mass = resolve(parser.parse_args(["--env", "half_cheetah_mass"]))
     assert (mass.meta_batch_size, mass.maml.inner_objective, mass.maml.fvp_tasks) == (20, "lvc", 5)
     assert (mass.maml.gamma, mass.maml.inner_lr, mass.maml.max_kl) == (0.99, 0.0167, 0.06)
