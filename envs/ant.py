@@ -7,7 +7,7 @@ import math
 
 import numpy as np
 
-from envs.core import Task, Transition, control_cost
+from envs.core import Task, TaskDraws, Transition, control_cost
 from envs.half_cheetah import BOTH_DIRECTIONS, DirectionTask, draw_directions, validate_direction
 from envs.mujoco_base import MujocoFamily, Robot
 
@@ -82,11 +82,11 @@ class AntDir(MujocoFamily):
         self.task_type = Direction2DTask if variant == "2d" else DirectionTask  # type: ignore[misc]
         self.num_test_tasks = 40 if variant == "2d" else 2  # type: ignore[misc]
 
-    def _draw(self, rng: np.random.Generator, n: int, which: str) -> list[Task]:
+    def _draw(self, draws: TaskDraws, which: str) -> list[Task]:
         if self.variant == "2d":
-            angles = rng.uniform(0.0, 2 * math.pi, n)
+            angles = draws.uniform(0.0, 2 * math.pi)
             return [Direction2DTask((float(math.cos(a)), float(math.sin(a)))) for a in angles]
-        return draw_directions(rng, n)
+        return draw_directions(draws)
 
     def test_tasks(self) -> list[Task]:
         return super().test_tasks() if self.variant == "2d" else list(BOTH_DIRECTIONS)
@@ -125,9 +125,9 @@ class AntGoal(MujocoFamily):
     terminates = False
     GOAL_BOUND = 10.0
 
-    def _draw(self, rng: np.random.Generator, n: int, which: str) -> list[Task]:
-        radius = 3.0 * np.sqrt(rng.random(n))
-        angle = rng.uniform(0.0, 2 * math.pi, n)
+    def _draw(self, draws: TaskDraws, which: str) -> list[Task]:
+        radius = 3.0 * np.sqrt(draws.uniform(0.0, 1.0))
+        angle = draws.uniform(0.0, 2 * math.pi)
         return [GoalTask((float(r * math.cos(a)), float(r * math.sin(a)))) for r, a in zip(radius, angle, strict=True)]
 
     def validate(self, task: Task) -> Task:

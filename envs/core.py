@@ -94,6 +94,39 @@ def check_range(name: str, value: float, low: float, high: float) -> None:
         raise ValueError(f"task parameter {name}={value} is outside the allowed range [{low}, {high}]")
 
 
+class TaskDraws:
+    """The random numbers of one draw of ``n`` tasks, every array with the tasks on its first axis.
+
+    Plain draws are i.i.d. from ``rng``. Stratified draws (``stratified=True``) have the same
+    distribution for each task but cover the range evenly across the ``n`` tasks: each column of
+    :meth:`uniform` is a Latin-hypercube sample (one value from each of ``n`` equal-probability
+    strata, in random order), and :meth:`choice` takes every value ``n // k`` times (the remaining
+    ``n % k`` distinct and at random), shuffled. A meta-batch of ``half_cheetah_dir`` tasks then
+    holds as many forward as backward tasks. Only training draws stratify (``sample_tasks``); the
+    fixed held-out sets are plain draws of their own streams.
+    """
+
+    def __init__(self, rng: np.random.Generator, n: int, stratified: bool = False) -> None:
+        self.rng, self.n, self.stratified = rng, n, stratified
+
+    def uniform(self, low: float, high: float, dims: tuple[int, ...] = ()) -> np.ndarray:
+        """``U[low, high)`` of shape ``[n, *dims]``."""
+        if not self.stratified:
+            return self.rng.uniform(low, high, (self.n, *dims))
+        strata = self.rng.permuted(
+            np.broadcast_to(np.arange(self.n).reshape(-1, *[1] * len(dims)), (self.n, *dims)), axis=0
+        )
+        return low + (high - low) * (strata + self.rng.random((self.n, *dims))) / self.n
+
+    def choice(self, values: list[float]) -> np.ndarray:
+        """``n`` values drawn uniformly from ``values``."""
+        if not self.stratified:
+            return self.rng.choice(values, self.n)
+        k = len(values)
+        rest = self.rng.choice(k, self.n % k, replace=False)
+        return np.asarray(values)[self.rng.permutation(np.concatenate([np.tile(np.arange(k), self.n // k), rest]))]
+
+
 class TaskFamily(abc.ABC):
     """A distribution over tasks of one robot, and the simulators for them.
 
@@ -132,21 +165,22 @@ class TaskFamily(abc.ABC):
 
     # ----------------------------------------------------------------- tasks
     @abc.abstractmethod
-    def _draw(self, rng: np.random.Generator, n: int, which: str) -> list[Task]:
-        """Draw ``n`` tasks; ``which`` is ``"train"``, ``"reduced"`` or ``"ood"``."""
+    def _draw(self, draws: TaskDraws, which: str) -> list[Task]:
+        """Draw ``draws.n`` tasks; ``which`` is ``"train"``, ``"reduced"`` or ``"ood"``."""
 
     @abc.abstractmethod
     def validate(self, task: Task) -> Task:
         """Return ``task`` if this family can simulate it, else raise ValueError."""
 
-    def sample_tasks(self, rng: np.random.Generator, num_tasks: int) -> list[Task]:
-        """Sample ``num_tasks`` training tasks from ``rng``."""
+    def sample_tasks(self, rng: np.random.Generator, num_tasks: int, stratified: bool = False) -> list[Task]:
+        """Sample ``num_tasks`` training tasks from ``rng``, stratified across them if asked
+        (same distribution per task, the range covered evenly: :class:`TaskDraws`)."""
         if not isinstance(rng, np.random.Generator):
             raise TypeError(f"rng must be a numpy.random.Generator, got {type(rng).__name__}")
         if isinstance(num_tasks, bool) or not isinstance(num_tasks, (int, np.integer)) or num_tasks <= 0:
             raise ValueError(f"num_tasks must be a positive integer, got {num_tasks!r}")
         which = "reduced" if self.split == "ood" and self.has_ood else "train"
-        return self._draw(rng, int(num_tasks), which)
+        return self._draw(TaskDraws(rng, int(num_tasks), stratified), which)
 
     def _held_out_rng(self, which: str) -> np.random.Generator:
         # A stream of the family's own: seeded by its name, never by a user seed.
@@ -155,13 +189,13 @@ class TaskFamily(abc.ABC):
 
     def test_tasks(self) -> list[Task]:
         """The fixed held-out tasks, drawn once from the training distribution."""
-        return self._draw(self._held_out_rng("test"), self.num_test_tasks, "train")
+        return self._draw(TaskDraws(self._held_out_rng("test"), self.num_test_tasks), "train")
 
     def ood_tasks(self) -> list[Task]:
         """The fixed out-of-distribution tasks (only for families that have them)."""
         if not self.has_ood:
             raise ValueError(f"{self.name} has no ood tasks; its held-out split is: test")
-        return self._draw(self._held_out_rng("ood"), NUM_HELD_OUT, "ood")
+        return self._draw(TaskDraws(self._held_out_rng("ood"), NUM_HELD_OUT), "ood")
 
     def held_out_tasks(self, split: str) -> list[Task]:
         """``test_tasks()``, ``ood_tasks()`` or (``"train"``) a fixed training sample."""

@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from envs.core import Task, check_range
+from envs.core import Task, TaskDraws, check_range
 from envs.mujoco_base import MujocoFamily
 
 SCALE_RANGE = (1e-3, 1e3)
@@ -61,10 +61,6 @@ class ParamsTask(Task):
         return f"mass x {mass.min():.2f}..{mass.max():.2f}, damping x {damping.min():.2f}..{damping.max():.2f}"
 
 
-def _log_uniform(rng: np.random.Generator, low: float, high: float, n: int) -> np.ndarray:
-    return np.exp(rng.uniform(math.log(low), math.log(high), n))
-
-
 def _two_intervals(rng: np.random.Generator, low: tuple[float, float], high: tuple[float, float], n: int) -> np.ndarray:
     """Uniform in ``low`` or ``high`` (each with probability 1/2)."""
     upper = rng.random(n) < 0.5
@@ -79,11 +75,12 @@ class _ScaleFamily(MujocoFamily):
     train_range: ClassVar[tuple[float, float]]
     ood_ranges: ClassVar[tuple[tuple[float, float], tuple[float, float]]]
 
-    def _draw(self, rng: np.random.Generator, n: int, which: str) -> list[Task]:
+    def _draw(self, draws: TaskDraws, which: str) -> list[Task]:
         if which == "ood":
-            values = _two_intervals(rng, *self.ood_ranges, n)
+            values = _two_intervals(draws.rng, *self.ood_ranges, draws.n)
         else:
-            values = _log_uniform(rng, *self.train_range, n)
+            low, high = self.train_range
+            values = np.exp(draws.uniform(math.log(low), math.log(high)))
         return [self.task_type(float(v)) for v in values]  # type: ignore[call-arg]
 
     def validate(self, task: Task) -> Task:
@@ -138,22 +135,33 @@ class ParamsFamily(MujocoFamily):
         model = self.robot.base_model()
         return {name: getattr(model, name).shape for name in PARAM_BASES}
 
-    def _draw(self, rng: np.random.Generator, n: int, which: str) -> list[Task]:
+    def _draw(self, draws: TaskDraws, which: str) -> list[Task]:
         shapes = self._shapes()
-        tasks: list[Task] = []
-        for _ in range(n):
-            fields = {}
-            for name, shape in shapes.items():
-                if which == "ood":
-                    u = rng.uniform(2.0, 3.0, shape) * rng.choice([-1.0, 1.0], shape)
-                else:
-                    bound = 2.0 if which == "reduced" else 3.0
-                    u = rng.uniform(-bound, bound, shape)
-                if name.startswith("body_"):
-                    u[0] = 0.0  # the world body is never changed
-                fields[name] = _tuples(PARAM_BASES[name] ** u)
-            tasks.append(ParamsTask(**fields))
-        return tasks
+        bound = 2.0 if which == "reduced" else 3.0
+        if draws.stratified:  # every element across the tasks at once (training ranges: sample_tasks)
+            columns = {name: draws.uniform(-bound, bound, shape) for name, shape in shapes.items()}
+            exponents = [{name: column[i] for name, column in columns.items()} for i in range(draws.n)]
+        else:  # task by task, element by element
+            exponents = [
+                {
+                    name: draws.rng.uniform(2.0, 3.0, shape) * draws.rng.choice([-1.0, 1.0], shape)
+                    if which == "ood"
+                    else draws.rng.uniform(-bound, bound, shape)
+                    for name, shape in shapes.items()
+                }
+                for _ in range(draws.n)
+            ]
+        return [self._task(u) for u in exponents]
+
+    @staticmethod
+    def _task(exponents: dict[str, np.ndarray]) -> ParamsTask:
+        fields = {}
+        for name, u in exponents.items():
+            if name.startswith("body_"):
+                u = u.copy()
+                u[0] = 0.0  # the world body is never changed
+            fields[name] = _tuples(PARAM_BASES[name] ** u)
+        return ParamsTask(**fields)
 
     def validate(self, task: Task) -> Task:
         self._check_type(task)

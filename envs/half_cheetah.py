@@ -6,7 +6,7 @@ import dataclasses
 
 import numpy as np
 
-from envs.core import Task, TaskFamily, Transition, check_range, control_cost
+from envs.core import Task, TaskDraws, TaskFamily, Transition, check_range, control_cost
 from envs.dynamics import FrictionFamily, MassFamily, ParamsFamily
 from envs.mujoco_base import MujocoFamily, Robot
 
@@ -55,9 +55,9 @@ def validate_direction(family: TaskFamily, task: Task) -> Task:
     return task
 
 
-def draw_directions(rng: np.random.Generator, n: int) -> list[Task]:
+def draw_directions(draws: TaskDraws) -> list[Task]:
     """``d ~ U{-1, +1}``."""
-    return [DirectionTask(float(d)) for d in rng.choice([-1.0, 1.0], n)]
+    return [DirectionTask(float(d)) for d in draws.choice([-1.0, 1.0])]
 
 
 BOTH_DIRECTIONS: list[Task] = [DirectionTask(1.0), DirectionTask(-1.0)]
@@ -76,9 +76,9 @@ class HalfCheetahVel(MujocoFamily):
     has_ood = True
     VELOCITY_RANGE = (-10.0, 10.0)
 
-    def _draw(self, rng: np.random.Generator, n: int, which: str) -> list[Task]:
+    def _draw(self, draws: TaskDraws, which: str) -> list[Task]:
         low, high = (2.0, 3.0) if which == "ood" else (0.0, 3.0 if self.variant == "pearl" else 2.0)
-        return [VelocityTask(float(v)) for v in rng.uniform(low, high, n)]
+        return [VelocityTask(float(v)) for v in draws.uniform(low, high)]
 
     def validate(self, task: Task) -> Task:
         self._check_type(task)
@@ -101,8 +101,8 @@ class HalfCheetahDir(MujocoFamily):
     task_type = DirectionTask
     num_test_tasks = 2
 
-    def _draw(self, rng: np.random.Generator, n: int, which: str) -> list[Task]:
-        return draw_directions(rng, n)
+    def _draw(self, draws: TaskDraws, which: str) -> list[Task]:
+        return draw_directions(draws)
 
     def test_tasks(self) -> list[Task]:
         return list(BOTH_DIRECTIONS)

@@ -9,7 +9,7 @@ import gymnasium as gym
 import numpy as np
 from gymnasium.spaces import Box
 
-from envs.core import Task, TaskFamily, Transition
+from envs.core import Task, TaskDraws, TaskFamily, Transition
 from envs.mujoco_base import check_action
 from envs.vector import BatchedSimulator, SlotOutcome
 
@@ -48,8 +48,8 @@ class PointNav(TaskFamily):
         """``[-0.1, 0.1]^2``, where the dynamics clip the action anyway."""
         return np.full(2, -MAX_STEP), np.full(2, MAX_STEP)
 
-    def _draw(self, rng: np.random.Generator, n: int, which: str) -> list[Task]:
-        return [PointGoalTask((float(x), float(y))) for x, y in rng.uniform(-0.5, 0.5, (n, 2))]
+    def _draw(self, draws: TaskDraws, which: str) -> list[Task]:
+        return [PointGoalTask((float(x), float(y))) for x, y in draws.uniform(-0.5, 0.5, (2,))]
 
     def validate(self, task: Task) -> Task:
         self._check_type(task)

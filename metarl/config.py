@@ -166,6 +166,10 @@ class TrainConfig:
     """Learner device: auto (cuda when available), cpu or cuda; physics stays on the CPU."""
     meta_batch_size: int = 40
     """Tasks per meta-iteration."""
+    stratified_tasks: bool = False
+    """Stratify each meta-batch's draw across its tasks: the same distribution per task, the range
+    covered evenly (half_cheetah_dir: as many forward as backward tasks). Off: i.i.d. draws, as
+    pytorch-maml-rl and learn2learn do."""
     episodes_per_task: int = 20
     """Episodes per task, before and after adaptation."""
     hidden_sizes: tuple[int, ...] = (64, 64)

@@ -189,7 +189,7 @@ class MetaTrainer:
         """
         cfg = self.config
         context_only = self.policy.uses_context and bool(self.rng.random() < cfg.context_fraction)
-        tasks = self.family.sample_tasks(self.rng, cfg.meta_batch_size)
+        tasks = self.family.sample_tasks(self.rng, cfg.meta_batch_size, cfg.stratified_tasks)
         sim = self.family.batch(tasks, cfg.episodes_per_task, seed=int(self.rng.integers(2**31)))
         tic = time.perf_counter()
         with torch_threads(1):

@@ -18,7 +18,7 @@ import pytest
 
 import envs
 from envs.ant import GoalTask
-from envs.core import Task, TaskFamily
+from envs.core import Task, TaskDraws, TaskFamily
 from envs.dynamics import PARAM_BASES, FrictionTask, MassTask, ParamsFamily, ParamsTask
 from envs.half_cheetah import DirectionTask, VelocityTask
 from envs.point_nav import PointGoalTask
@@ -176,6 +176,53 @@ def test_training_tasks_follow_the_spec_distribution(name: str) -> None:
     if name in PARAMS_FAMILIES:
         u = np.concatenate([_log_base(task)["dof_damping"] for task in tasks])
         assert u.min() < -2.0 and u.max() > 2.0, "u ~ U[-3, 3] should reach beyond 2"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_stratified_tasks_follow_the_spec_distribution(name: str) -> None:
+    family = envs.make(name)
+    tasks = family.sample_tasks(np.random.default_rng(7), 50, stratified=True)
+    _check_training_distribution(name, family, tasks)
+    assert tasks == envs.make(name).sample_tasks(np.random.default_rng(7), 50, stratified=True)
+    assert tasks != family.sample_tasks(np.random.default_rng(7), 50)
+    if name in DIR_FAMILIES:
+        assert sum(task.direction == 1.0 for task in tasks) == 25  # type: ignore[attr-defined]
+    if name == "half_cheetah_vel":  # 5 tasks: one target in each fifth of [0, 2]
+        for seed in range(10):
+            five = family.sample_tasks(np.random.default_rng(seed), 5, stratified=True)
+            assert sorted(int(task.target_velocity / 0.4) for task in five) == [0, 1, 2, 3, 4]  # type: ignore[attr-defined]
+
+
+def test_plain_task_draws_are_the_generators_own() -> None:
+    """The plain draw is the one every earlier run drew: stratifying is an option, not a new stream."""
+    draws = TaskDraws(np.random.default_rng(5), 6)
+    rng = np.random.default_rng(5)
+    np.testing.assert_array_equal(draws.uniform(0.0, 2.0), rng.uniform(0.0, 2.0, 6))
+    np.testing.assert_array_equal(draws.choice([-1.0, 1.0]), rng.choice([-1.0, 1.0], 6))
+    velocities = [t.target_velocity for t in envs.make("half_cheetah_vel").sample_tasks(np.random.default_rng(5), 6)]
+    np.testing.assert_array_equal(velocities, np.random.default_rng(5).uniform(0.0, 2.0, 6))
+
+
+def test_stratified_draws_cover_every_stratum_with_the_same_marginal() -> None:
+    rng = np.random.default_rng(0)
+    n, repeats = 4, 4000
+    first = np.empty((repeats, 3))
+    heads = np.empty(repeats)
+    for r in range(repeats):
+        draws = TaskDraws(rng, n, stratified=True)
+        u = draws.uniform(-1.0, 3.0, (3,))
+        assert u.shape == (n, 3)
+        strata = np.floor((u + 1.0) / 4.0 * n).astype(int)
+        assert (np.sort(strata, axis=0) == np.arange(n)[:, None]).all(), "one value per stratum and column"
+        first[r] = u[0]
+        odd = TaskDraws(rng, 5, stratified=True).choice([-1.0, 1.0])
+        assert sorted(odd.tolist()).count(1.0) in (2, 3)
+        heads[r] = odd[0]
+    # each task on its own is still U[-1, 3) and a fair coin: the strata's order is random
+    counts = np.stack([np.bincount(np.floor(first[:, j] + 1.0).astype(int), minlength=4) for j in range(3)])
+    assert np.all(np.abs(counts / repeats - 0.25) < 0.03), counts
+    assert abs(np.mean(heads == 1.0) - 0.5) < 0.03
+    assert sorted(TaskDraws(rng, 6, stratified=True).choice([0.0, 1.0, 2.0]).tolist()) == [0, 0, 1, 1, 2, 2]
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -546,6 +546,26 @@ def test_init_std_sets_the_first_iterations_exploration_noise(tmp_path: Path, po
     assert float(metric_rows(run)[0]["policy/std"]) == pytest.approx(0.25)
 
 
+@pytest.mark.parametrize("stratified", [False, True])
+def test_stratified_tasks_balance_each_meta_batch(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, stratified: bool
+) -> None:
+    drawn: list[list[float]] = []
+    family_type = type(envs.make("half_cheetah_dir"))
+    sample_tasks = family_type.sample_tasks
+
+    def spy(self: envs.TaskFamily, *args: Any) -> list[envs.Task]:
+        tasks = sample_tasks(self, *args)
+        drawn.append([task.direction for task in tasks])  # type: ignore[attr-defined]
+        return tasks
+
+    monkeypatch.setattr(family_type, "sample_tasks", spy)
+    flag = ["--stratified-tasks"] if stratified else []
+    assert train(tmp_path / "run", *flag, env="half_cheetah_dir", iterations=3, meta_batch=6, episodes=1) == 0
+    balanced = [sorted(directions) == [-1.0] * 3 + [1.0] * 3 for directions in drawn]
+    assert len(drawn) == 3 and (all(balanced) if stratified else not all(balanced))
+
+
 def test_context_only_step_adapts_nothing(tmp_path: Path) -> None:
     """With ``inner_steps=0`` the 'adapted' parameters are the meta-parameters themselves."""
     from agents.attention import AttentionPolicy
